@@ -1,0 +1,6 @@
+"""Datasets as in-memory LightningDataModules."""
+
+from vae_lab.data.datamodules import BinarizedMNIST, Digits, IDXImages, InMemoryDataModule
+from vae_lab.data.files import DataFileError
+
+__all__ = ["BinarizedMNIST", "DataFileError", "Digits", "IDXImages", "InMemoryDataModule"]

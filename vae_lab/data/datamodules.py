@@ -1,0 +1,199 @@
+"""Image datasets as LightningDataModules holding their splits as tensors in memory.
+
+Images are flattened to vectors in [0, 1]. With a Bernoulli likelihood (``binarize=True``)
+grey-level datasets are binarised: the training set afresh at every batch, on the device,
+x ~ Bernoulli(pixel) (dynamic binarisation, Salakhutdinov & Murray 2008), and the validation
+and test sets once with the fixed ``binarize_seed`` so that every evaluation sees the same
+binary images. With a Gaussian likelihood images stay grey-level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from vae_lab.data.batches import TensorBatches
+from vae_lab.data.files import DataFileError, RemoteFile, default_root, ensure, fetch
+
+Splits = tuple[Tensor, Tensor, Tensor]
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Train/val/test tensors [N, X] in [0, 1]; subclasses say how to load them."""
+
+    image_shape: tuple[int, ...]
+    already_binary = False
+
+    def __init__(
+        self,
+        batch_size: int = 100,
+        eval_batch_size: int = 100,
+        binarize: bool = True,
+        binarize_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.binarize = binarize and not self.already_binary
+        self.binarize_seed = binarize_seed
+        self.seed = seed
+        self.splits: Splits | None = None
+
+    @property
+    def data_dim(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    def load_splits(self) -> Splits:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        train, val, test = self.load_splits()
+        if self.binarize:
+            generator = torch.Generator().manual_seed(self.binarize_seed)
+            val = torch.bernoulli(val, generator=generator)
+            test = torch.bernoulli(test, generator=generator)
+        device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+        self.splits = tuple(s.float().to(device) for s in (train, val, test))
+
+    def _batches(self, data: Tensor, batch_size: int, shuffle: bool) -> TensorBatches:
+        rank, world = (0, 1)
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        return TensorBatches(data, batch_size, shuffle, self.seed, rank, world)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches(self.splits[0], self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches(self.splits[1], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches(self.splits[2], self.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        if self.binarize and self.trainer is not None and self.trainer.training:
+            return torch.bernoulli(batch)
+        return batch
+
+
+class Digits(InMemoryDataModule):
+    """scikit-learn's 1,797 8x8 handwritten digits (no download), split with ``split_seed``."""
+
+    image_shape = (8, 8)
+
+    def __init__(self, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 split_seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+
+    def load_splits(self) -> Splits:
+        from sklearn.datasets import load_digits
+
+        images = torch.from_numpy(load_digits().data).float() / 16.0
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        n_test = round(self.test_fraction * len(images))
+        n_val = round(self.val_fraction * len(images))
+        test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+        return images[train], images[val], images[test]
+
+
+class FileDataModule(InMemoryDataModule):
+    """A dataset read from files under ``root`` (default ``$VAE_LAB_DATA``)."""
+
+    files: dict[str, RemoteFile]
+
+    def __init__(self, root: str | None = None, download: bool = False,
+                 mirror: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.root = root or default_root()
+        self.download = download
+        self.mirror = mirror
+
+    def prepare_data(self) -> None:
+        for file in self.files.values():
+            ensure(file, self.root, self.download, self.mirror)
+
+    def read(self, key: str) -> bytes:
+        return fetch(self.files[key], self.root, self.download, self.mirror)
+
+
+def parse_idx_images(content: bytes, name: str) -> Tensor:
+    """IDX image file (magic 0x803, big-endian count, rows, cols, uint8 pixels) -> [N, rows*cols]."""
+    magic, count, rows, cols = np.frombuffer(content[:16], ">i4")
+    if magic != 0x803 or len(content) != 16 + count * rows * cols:
+        raise DataFileError(f"{name} is not an IDX image file")
+    return torch.from_numpy(np.frombuffer(content, np.uint8, offset=16).reshape(count, rows * cols))
+
+
+IDX_SOURCES = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist", {
+        "train": ("train-images-idx3-ubyte.gz",
+                  "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        "test": ("t10k-images-idx3-ubyte.gz",
+                 "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    }),
+    "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com", {
+        "train": ("train-images-idx3-ubyte.gz",
+                  "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "test": ("t10k-images-idx3-ubyte.gz",
+                 "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    }),
+}
+
+
+class IDXImages(FileDataModule):
+    """MNIST or Fashion-MNIST from the IDX files: 60,000 train images split into
+    ``60000 - val_size`` for training and the last ``val_size`` for validation; 10,000 test."""
+
+    image_shape = (28, 28)
+
+    def __init__(self, name: str = "mnist", val_size: int = 10000, **kwargs) -> None:
+        super().__init__(**kwargs)
+        base, files = IDX_SOURCES[name]
+        self.files = {
+            split: RemoteFile(name, fname, f"{base}/{fname}", sha) for split, (fname, sha) in files.items()
+        }
+        self.val_size = val_size
+
+    def load_splits(self) -> Splits:
+        train = parse_idx_images(self.read("train"), self.files["train"].name).float() / 255.0
+        test = parse_idx_images(self.read("test"), self.files["test"].name).float() / 255.0
+        return train[: -self.val_size], train[-self.val_size :], test
+
+
+BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
+BINARIZED_MNIST_SHA256 = {
+    "train": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "valid": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "test": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+}
+
+
+class BinarizedMNIST(FileDataModule):
+    """The fixed binarisation of Larochelle & Murray (2011): 50,000 / 10,000 / 10,000 images,
+    text files of 784 space-separated 0/1 values per line."""
+
+    image_shape = (28, 28)
+    already_binary = True
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.files = {
+            split: RemoteFile("binarized_mnist", f"binarized_mnist_{split}.amat.gz",
+                              f"{BINARIZED_MNIST_URL}/binarized_mnist_{split}.amat", sha)
+            for split, sha in BINARIZED_MNIST_SHA256.items()
+        }
+
+    def load_splits(self) -> Splits:
+        def parse(split: str) -> Tensor:
+            chars = np.frombuffer(self.read(split), np.uint8)
+            return torch.from_numpy(chars.reshape(-1, 2 * 784)[:, ::2] - ord("0"))
+
+        return parse("train"), parse("valid"), parse("test")

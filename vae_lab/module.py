@@ -1,0 +1,144 @@
+"""The VAE LightningModule: pairs any posterior family with any prior and likelihood.
+
+Training maximises the ELBO, recon - beta * KL, with beta warmed up linearly from 0 to 1 over
+``kl_warmup_steps`` (Bowman et al. 2016; 0 = no warm-up). Validation reports the ELBO and an
+IW estimate of log p(x) with a small K; the test stage reports the metrics of the contract,
+with the IW estimate at K = ``eval_num_samples`` (Burda et al. 2016 use K = 5000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from torchmetrics import MeanMetric
+
+from vae_lab.elbo import ELBOTerms, IWEstimate, LogLikelihood, elbo_terms, iw_log_px
+from vae_lab.metrics import ActiveUnits, IWLogLikelihood
+from vae_lab.posteriors import PosteriorFamily
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class VAE(pl.LightningModule):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        posterior: PosteriorFamily,
+        prior: nn.Module,
+        likelihood: nn.Module,
+        optimizer: OptimizerFactory,
+        kl_warmup_steps: int = 0,
+        eval_num_samples: int = 5000,
+        eval_chunk_size: int = 500,
+        val_num_samples: int = 100,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.posterior = posterior
+        self.prior = prior
+        self.likelihood = likelihood
+        self.optimizer_factory = optimizer
+        self.kl_warmup_steps = kl_warmup_steps
+        self.eval_num_samples = eval_num_samples
+        self.eval_chunk_size = eval_chunk_size
+        self.val_num_samples = val_num_samples
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{name}": MeanMetric()
+                for stage in ("val", "test")
+                for name in ("elbo", "recon", "kl")
+            }
+        )
+        self.val_iw = IWLogLikelihood()
+        self.test_iw = IWLogLikelihood()
+        self.test_active_units = ActiveUnits(posterior.latent_dim)
+
+    # -- the model as distributions ----------------------------------------------------------
+    def q(self, x: Tensor) -> Distribution:
+        """q(z|x) for a batch x of shape [B, X]."""
+        return self.posterior.distribution(self.posterior(self.encoder(x)))
+
+    def encode_base(self, x: Tensor) -> Distribution:
+        """The Gaussian base q0(z|x) of the posterior (q itself for Gaussian families)."""
+        return self.posterior.base_distribution(self.posterior(self.encoder(x)))
+
+    def p_z(self) -> Distribution:
+        return self.prior(self.encode_base)
+
+    def log_likelihood(self, x: Tensor) -> LogLikelihood:
+        """z [S, B, D] -> log p(x|z) [S, B]."""
+        return lambda z: self.likelihood(self.decoder(z)).log_prob(x)
+
+    def elbo(self, x: Tensor, num_samples: int = 1) -> ELBOTerms:
+        return elbo_terms(self.q(x), self.p_z(), self.log_likelihood(x), num_samples)
+
+    def iw_estimate(self, x: Tensor, num_samples: int, chunk_size: int | None = None) -> IWEstimate:
+        chunk = chunk_size or self.eval_chunk_size
+        return iw_log_px(self.q(x), self.p_z(), self.log_likelihood(x), num_samples, chunk)
+
+    # -- training ----------------------------------------------------------------------------
+    def kl_weight(self) -> float:
+        if self.kl_warmup_steps <= 0:
+            return 1.0
+        return min(1.0, self.global_step / self.kl_warmup_steps)
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        terms = self.elbo(x)
+        loss = -(terms.recon - self.kl_weight() * terms.kl).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.global_step}: "
+                "lower optim.lr, add kl_warmup_steps, or check the data"
+            )
+        batch = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch)
+        self.log("train/elbo", terms.elbo.mean(), batch_size=batch)
+        self.log("train/recon", terms.recon.mean(), batch_size=batch)
+        self.log("train/kl", terms.kl.mean(), batch_size=batch)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _evaluate(self, stage: str, x: Tensor, num_samples: int) -> IWEstimate:
+        terms = self.elbo(x)
+        for name, value in (("elbo", terms.elbo), ("recon", terms.recon), ("kl", terms.kl)):
+            self.metrics[f"{stage}_{name}"].update(value)
+        estimate = self.iw_estimate(x, num_samples)
+        getattr(self, f"{stage}_iw").update(estimate)
+        return estimate
+
+    def _log_epoch(self, stage: str, names: tuple[str, ...]) -> dict[str, Tensor]:
+        values = {name: self.metrics[f"{stage}_{name}"].compute() for name in names}
+        values.update(getattr(self, f"{stage}_iw").compute())
+        for name in names:
+            self.metrics[f"{stage}_{name}"].reset()
+        getattr(self, f"{stage}_iw").reset()
+        return values
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        self._evaluate("val", x, self.val_num_samples)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch("val", ("elbo",))
+        self.log("val/elbo", values["elbo"], prog_bar=True)
+        self.log("val/log_px", values["log_px"])
+
+    def test_step(self, x: Tensor, batch_idx: int) -> None:
+        estimate = self._evaluate("test", x, self.eval_num_samples)
+        self.test_active_units.update(estimate.z_mean)
+
+    def on_test_epoch_end(self) -> None:
+        values = self._log_epoch("test", ("elbo", "recon", "kl"))
+        values["inference_gap"] = values["log_px"] - values["elbo"]
+        values["active_units"] = self.test_active_units.compute()
+        self.test_active_units.reset()
+        for name, value in values.items():
+            self.log(f"test/{name}", value)

@@ -1,0 +1,35 @@
+"""The interface every posterior family implements.
+
+A family is amortised in two steps: a linear head maps the encoder's features h(x) to a flat
+vector of raw parameters theta(x), and ``distribution(theta)`` builds q(z|x) from it. Keeping
+theta explicit lets the inference-gap analysis replace the encoder's theta(x) by free
+per-datapoint parameters (q*, Cremer et al. 2018) with the same family code.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+
+class PosteriorFamily(nn.Module):
+    """Maps encoder features [B, F] to raw parameters [B, num_params], then to q(z|x)."""
+
+    num_params: int
+
+    def __init__(self, feature_dim: int, latent_dim: int, num_params: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.num_params = num_params
+        self.head = nn.Linear(feature_dim, num_params)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.head(features)
+
+    def distribution(self, params: Tensor) -> Distribution:
+        """q(z|x) with batch shape [B] and event shape [latent_dim]."""
+        raise NotImplementedError
+
+    def base_distribution(self, params: Tensor) -> Distribution:
+        """The Gaussian part of q (the flow's base q0(z|x)); q itself for Gaussian families."""
+        return self.distribution(params)

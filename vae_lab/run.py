@@ -1,0 +1,85 @@
+"""``python -m vae_lab.run``: train a VAE, then test it; writes the run folder's metrics.json.
+
+In a sweep (``-m``) a job that fails records ``status: failed`` with its error and the sweep
+goes on; a single run with a bad config or a missing data file exits with one line naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from vae_lab.build import build_datamodule, build_logger, build_model, build_trainer
+from vae_lab.data import DataFileError
+from vae_lab.outputs import METRICS_FILE, write_json
+from vae_lab.validation import ConfigError, validate
+
+log = logging.getLogger(__name__)
+
+#: errors of the user's input: reported as one line, without a traceback
+USER_ERRORS = (ConfigError, DataFileError)
+RECORDED_CHOICES = ("posterior", "prior", "data", "likelihood", "model")
+
+
+def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Fit on the training set, test the best-validation checkpoint; the final metrics."""
+    validate(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule.data_dim)
+    trainer = build_trainer(cfg, run_dir, build_logger(cfg, run_dir))
+    trainer.fit(model, datamodule=datamodule)
+    best = trainer.checkpoint_callback.best_model_path or None
+    trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+def execute(
+    cfg: DictConfig, run_dir: Path, choices: dict[str, Any], isolate_failures: bool = False
+) -> dict[str, Any]:
+    """Run one job and record it in metrics.json, completed or failed."""
+    record: dict[str, Any] = {**choices, "seed": cfg.seed, "status": "running"}
+    write_json(run_dir / METRICS_FILE, record)
+    start = time.perf_counter()
+    try:
+        record.update(train_and_test(cfg, run_dir))
+        record["status"] = "completed"
+    except Exception as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        if isolate_failures:
+            log.error("job failed, the sweep goes on: %s", record["error"])
+        elif isinstance(err, USER_ERRORS):
+            write_json(run_dir / METRICS_FILE, record)
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        else:
+            write_json(run_dir / METRICS_FILE, record)
+            raise
+    record["wall_time_s"] = time.perf_counter() - start
+    write_json(run_dir / METRICS_FILE, record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    choices = {group: hydra_cfg.runtime.choices.get(group) for group in RECORDED_CHOICES}
+    execute(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        choices,
+        isolate_failures=hydra_cfg.mode == RunMode.MULTIRUN,
+    )
+
+
+if __name__ == "__main__":
+    main()
