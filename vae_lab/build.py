@@ -44,7 +44,11 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> pl.loggers.Logger | None:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger: pl.loggers.Logger | None) -> pl.Trainer:
-    """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint."""
+    """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint.
+
+    Further callbacks come from ``cfg.callbacks``, a mapping of name -> ``_target_`` config
+    (a null entry is skipped), so a feature adds its callback by config alone.
+    """
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -52,6 +56,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: pl.loggers.Logger | No
         mode="max",
         save_last=True,
     )
+    extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     return instantiate(
-        cfg.trainer, logger=logger or False, callbacks=[checkpoint], default_root_dir=str(run_dir)
+        cfg.trainer,
+        logger=logger or False,
+        callbacks=[checkpoint, *extra],
+        default_root_dir=str(run_dir),
     )

@@ -38,9 +38,11 @@ def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     model = build_model(cfg, datamodule.data_dim)
     trainer = build_trainer(cfg, run_dir, build_logger(cfg, run_dir))
     trainer.fit(model, datamodule=datamodule)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path or None
     trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+    return metrics
 
 
 def execute(

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real Hydra config, composed and shrunk for fast tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_DATA = Path(os.environ.get("VAE_LAB_TEST_DATA", REPO.parent / "shared" / "data"))
+
+#: shrinks any run to seconds: one short epoch, a small K, no logger
+SHRINK = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "eval.num_samples=20",
+    "eval.chunk_size=10",
+    "eval.val_num_samples=5",
+    "logger=none",
+]
+
+
+def compose_config(overrides: list[str] = (), shrink: bool = True) -> DictConfig:
+    """The config ``python -m vae_lab.run`` would compose, optionally shrunk for speed."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=(SHRINK if shrink else []) + list(overrides))
+
+
+@pytest.fixture
+def make_config() -> Callable[..., DictConfig]:
+    return compose_config
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"the shared datasets are not at {SHARED_DATA} (set VAE_LAB_TEST_DATA)")
+    return SHARED_DATA

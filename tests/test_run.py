@@ -1,0 +1,73 @@
+"""End-to-end: the real config, shrunk, trains, tests and writes metrics.json."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, compose_config
+from vae_lab.outputs import read_metrics
+from vae_lab.run import execute
+
+
+def test_shrunk_run_writes_completed_metrics(tmp_path):
+    cfg = compose_config()
+    record = execute(cfg, tmp_path, {"posterior": "gaussian", "prior": "standard", "data": "digits"})
+    metrics = read_metrics(tmp_path)
+    assert metrics == {k: v for k, v in record.items()}
+    assert metrics["status"] == "completed"
+    for key in ("test/elbo", "test/recon", "test/kl", "test/log_px", "test/log_px_stderr",
+                "test/ess", "test/inference_gap", "test/active_units", "val/elbo", "val/log_px",
+                "train/loss"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["test/inference_gap"] == pytest.approx(metrics["test/log_px"] - metrics["test/elbo"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_failed_run_is_recorded_with_its_error(tmp_path):
+    cfg = compose_config(["optim.lr=-1"])
+    record = execute(cfg, tmp_path, {}, isolate_failures=True)
+    assert record["status"] == "failed"
+    assert "optim.lr=-1" in read_metrics(tmp_path)["error"]
+
+
+def _run_cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vae_lab.run", *args, f"hydra.run.dir={tmp_path}/run"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("latent_dim=-1", "latent_dim=-1 is invalid: must be a positive integer"),
+        ("eval.num_samples=0", "eval.num_samples=0 is invalid: must be a positive integer (K of the IW estimate)"),
+        ("optim.lr=-0.1", "optim.lr=-0.1 is invalid: must be a positive number"),
+    ],
+)
+def test_invalid_value_is_one_line_before_training(override, expected, tmp_path):
+    result = _run_cli(override, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == f"error: {expected}"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def test_unknown_option_lists_the_valid_ones(tmp_path):
+    result = _run_cli("posterior=nope", tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'posterior/nope'" in result.stderr
+    assert "gaussian" in result.stderr and "full_cov" in result.stderr
+
+
+def test_missing_data_file_is_one_line(tmp_path):
+    result = _run_cli("data=mnist", "data.root=/nonexistent", "data.download=false",
+                      tmp_path=tmp_path)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: missing data file /nonexistent/mnist/")
+    assert "data.download=true" in last
