@@ -129,7 +129,8 @@ def parse_idx_images(content: bytes, name: str) -> Tensor:
     magic, count, rows, cols = np.frombuffer(content[:16], ">i4")
     if magic != 0x803 or len(content) != 16 + count * rows * cols:
         raise DataFileError(f"{name} is not an IDX image file")
-    return torch.from_numpy(np.frombuffer(content, np.uint8, offset=16).reshape(count, rows * cols))
+    pixels = np.frombuffer(content, np.uint8, offset=16).reshape(count, rows * cols)
+    return torch.from_numpy(pixels.copy())
 
 
 IDX_SOURCES = {

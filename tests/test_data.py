@@ -1,0 +1,163 @@
+"""Datamodules on the real files, and the download path against a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vae_lab.data import BinarizedMNIST, DataFileError, Digits, IDXImages
+from vae_lab.data.batches import TensorBatches
+from vae_lab.data.files import RemoteFile, fetch
+
+
+@pytest.fixture
+def http_server():
+    """Serve a folder on 127.0.0.1; yields a function folder -> base URL."""
+    servers = []
+
+    def serve(folder: Path) -> str:
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_digits_splits_and_ranges():
+    dm = Digits(binarize=False)
+    dm.setup()
+    train, val, test = dm.splits
+    assert (len(train), len(val), len(test)) == (1258, 180, 359)
+    assert train.shape[1] == dm.data_dim == 64
+    assert train.min() == 0 and train.max() == 1
+    # the split is fixed by split_seed, not by the run's seed
+    other = Digits(binarize=False, seed=7)
+    other.setup()
+    assert torch.equal(other.splits[2], test)
+
+
+def test_binarisation_fixed_for_evaluation_and_fresh_for_training():
+    dm = Digits(binarize=True)
+    dm.setup()
+    train, val, test = dm.splits
+    assert set(val.unique().tolist()) == {0.0, 1.0} and set(test.unique().tolist()) == {0.0, 1.0}
+    again = Digits(binarize=True, seed=3)
+    again.setup()
+    assert torch.equal(again.splits[2], test)  # same binary test set across runs
+    assert train.unique().numel() > 2  # kept grey-level; binarised per batch
+    dm.trainer = SimpleNamespace(training=True)
+    first = dm.on_after_batch_transfer(train[:50], 0)
+    second = dm.on_after_batch_transfer(train[:50], 0)
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(first, second)
+    dm.trainer = SimpleNamespace(training=False)
+    assert torch.equal(dm.on_after_batch_transfer(val[:5], 0), val[:5])
+
+
+def test_grey_level_data_stays_grey_level():
+    dm = Digits(binarize=False)
+    dm.setup()
+    assert dm.splits[2].unique().numel() > 2
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_datasets_have_the_real_counts(name, shared_data):
+    dm = IDXImages(name=name, root=str(shared_data), binarize=True)
+    dm.setup()
+    train, val, test = dm.splits
+    assert (len(train), len(val), len(test)) == (50000, 10000, 10000)
+    assert train.shape[1] == 784
+    assert train.min() == 0 and train.max() == 1 and train.unique().numel() > 2
+    assert set(test.unique().tolist()) == {0.0, 1.0}
+    assert 0.1 < train.mean() < 0.35
+
+
+def test_binarized_mnist_counts_and_mean(shared_data):
+    dm = BinarizedMNIST(root=str(shared_data))
+    dm.setup()
+    train, val, test = dm.splits
+    assert (len(train), len(val), len(test)) == (50000, 10000, 10000)
+    assert set(train.unique().tolist()) == {0.0, 1.0}
+    assert train.mean().item() == pytest.approx(0.1306, abs=5e-4)
+    assert test.mean().item() == pytest.approx(0.1325, abs=5e-4)
+
+
+def test_batches_cover_each_datapoint_once_across_shards():
+    data = torch.arange(103).float()[:, None]
+    seen = torch.cat([b for r in range(2) for b in TensorBatches(data, 10, rank=r, world_size=2)])
+    assert sorted(seen.squeeze(1).tolist()) == list(range(103))
+    shuffled = [TensorBatches(data, 10, shuffle=True, rank=r, world_size=2) for r in range(2)]
+    assert len(shuffled[0]) == len(shuffled[1])  # equal steps on every process
+    epoch = torch.cat([b for loader in shuffled for b in loader]).squeeze(1)
+    assert epoch.unique().numel() == epoch.numel() == 102
+
+
+def test_missing_file_without_download_names_the_file(tmp_path):
+    with pytest.raises(DataFileError, match=r"missing data file .*mnist/train-images-idx3-ubyte\.gz"):
+        IDXImages(root=str(tmp_path), download=False).prepare_data()
+
+
+def test_download_from_a_local_server(tmp_path, shared_data, http_server):
+    mirror = http_server(shared_data)
+    dm = IDXImages(name="mnist", root=str(tmp_path), download=True, mirror=mirror)
+    dm.prepare_data()
+    for split in ("train", "test"):
+        name = dm.files[split].name
+        assert (tmp_path / "mnist" / name).read_bytes() == (shared_data / "mnist" / name).read_bytes()
+    dm.setup()
+    assert len(dm.splits[0]) == 50000
+
+
+def _toy(folder: Path, content: bytes, compress: bool) -> RemoteFile:
+    (folder / "toy").mkdir(parents=True)
+    (folder / "toy" / "file.gz").write_bytes(gzip.compress(content) if compress else content)
+    return RemoteFile("toy", "file.gz", "unused", hashlib.sha256(content).hexdigest())
+
+
+def test_a_file_served_uncompressed_is_stored_compressed(tmp_path, http_server):
+    served = tmp_path / "served"
+    file = _toy(served, b"0 1 0\n1 1 0\n", compress=False)
+    assert fetch(file, tmp_path / "root", download=True, mirror=http_server(served)) == b"0 1 0\n1 1 0\n"
+    assert gzip.decompress((tmp_path / "root" / "toy" / "file.gz").read_bytes()) == b"0 1 0\n1 1 0\n"
+
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path, http_server):
+    served = tmp_path / "served"
+    file = _toy(served, b"right", compress=True)
+    (served / "toy" / "file.gz").write_bytes(gzip.compress(b"wrong"))
+    with pytest.raises(DataFileError, match="fails its checksum"):
+        fetch(file, tmp_path / "root", download=True, mirror=http_server(served))
+    assert not (tmp_path / "root" / "toy" / "file.gz").exists()
+    assert list((tmp_path / "root" / "toy").iterdir()) == []  # no partial file left
+
+
+def test_corrupt_local_files_are_named(tmp_path, shared_data):
+    root = tmp_path / "root"
+    shutil.copytree(shared_data / "mnist", root / "mnist")
+    target = root / "mnist" / "t10k-images-idx3-ubyte.gz"
+    target.chmod(0o644)
+    target.write_bytes(b"not gzip at all")
+    with pytest.raises(DataFileError, match=r"t10k-images-idx3-ubyte\.gz is corrupt"):
+        IDXImages(root=str(root)).setup()
+    target.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + bytes(12)))
+    with pytest.raises(DataFileError, match=r"t10k-images-idx3-ubyte\.gz fails its checksum"):
+        IDXImages(root=str(root)).setup()
