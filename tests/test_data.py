@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vae_lab.data import BinarizedMNIST, DataFileError, Digits, IDXImages
-from vae_lab.data.batches import TensorBatches
+from vae_lab.data.batches import BatchOrder, TensorBatches
 from vae_lab.data.files import RemoteFile, fetch
 
 
@@ -101,14 +101,41 @@ def test_binarized_mnist_counts_and_mean(shared_data):
     assert test.mean().item() == pytest.approx(0.1325, abs=5e-4)
 
 
-def test_batches_cover_each_datapoint_once_across_shards():
-    data = torch.arange(103).float()[:, None]
-    seen = torch.cat([b for r in range(2) for b in TensorBatches(data, 10, rank=r, world_size=2)])
-    assert sorted(seen.squeeze(1).tolist()) == list(range(103))
-    shuffled = [TensorBatches(data, 10, shuffle=True, rank=r, world_size=2) for r in range(2)]
-    assert len(shuffled[0]) == len(shuffled[1])  # equal steps on every process
-    epoch = torch.cat([b for loader in shuffled for b in loader]).squeeze(1)
+def batches(data, batch_size, world_size=1, **kwargs):
+    """The batches of every process, in process order."""
+    return [
+        list(TensorBatches(data, BatchOrder(len(data), batch_size, rank=r, world_size=world_size,
+                                            **kwargs)))
+        for r in range(world_size)
+    ]
+
+
+def test_evaluation_batches_cover_each_datapoint_once_whatever_the_world_size():
+    data = torch.arange(103)
+    single = batches(data, 10)[0]
+    two = batches(data, 10, world_size=2)
+    assert [len(p) for p in two] == [6, 5] and [len(p) for p in two] == [
+        len(BatchOrder(103, 10, rank=r, world_size=2)) for r in range(2)
+    ]
+    # global batch i = rank + world_size * local index holds the same datapoints
+    for rank, process in enumerate(two):
+        for local, batch in enumerate(process):
+            assert torch.equal(batch, single[rank + 2 * local])
+    assert sorted(torch.cat([b for p in two for b in p]).tolist()) == list(range(103))
+
+
+def test_training_batches_shuffle_per_epoch_with_equal_steps():
+    data = torch.arange(103)
+    shards = batches(data, 10, world_size=2, shuffle=True)
+    assert len(shards[0]) == len(shards[1])  # equal steps on every process
+    epoch = torch.cat([b for p in shards for b in p])
     assert epoch.unique().numel() == epoch.numel() == 102
+    order = BatchOrder(103, 10, shuffle=True)
+    first = torch.cat(list(order))
+    order.set_epoch(1)
+    second = torch.cat(list(order))
+    order.set_epoch(0)
+    assert not torch.equal(first, second) and torch.equal(torch.cat(list(order)), first)
 
 
 def test_missing_file_without_download_names_the_file(tmp_path):

@@ -4,11 +4,18 @@ Training maximises the ELBO, recon - beta * KL, with beta warmed up linearly fro
 ``kl_warmup_steps`` (Bowman et al. 2016; 0 = no warm-up). Validation reports the ELBO and an
 IW estimate of log p(x) with a small K; the test stage reports the metrics of the contract,
 with the IW estimate at K = ``eval_num_samples`` (Burda et al. 2016 use K = 5000).
+
+Reproducibility: the test-time samples of global batch i are drawn from a generator seeded
+with ``test_seed + i`` (see ``vae_lab.data.batches``: a global batch holds the same datapoints
+whatever the number of processes), so test metrics of a checkpoint are the same on 1 or N
+processes. Checkpoints carry the RNG state, so a resumed run continues the same random stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -36,6 +43,7 @@ class VAE(pl.LightningModule):
         eval_num_samples: int = 5000,
         eval_chunk_size: int = 500,
         val_num_samples: int = 100,
+        test_seed: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -48,6 +56,7 @@ class VAE(pl.LightningModule):
         self.eval_num_samples = eval_num_samples
         self.eval_chunk_size = eval_chunk_size
         self.val_num_samples = val_num_samples
+        self.test_seed = test_seed
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{name}": MeanMetric()
@@ -106,6 +115,18 @@ class VAE(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
     # -- evaluation --------------------------------------------------------------------------
     def _evaluate(self, stage: str, x: Tensor, num_samples: int) -> IWEstimate:
         terms = self.elbo(x)
@@ -131,8 +152,18 @@ class VAE(pl.LightningModule):
         self.log("val/elbo", values["elbo"], prog_bar=True)
         self.log("val/log_px", values["log_px"])
 
+    @contextmanager
+    def _seeded(self, seed: int) -> Iterator[None]:
+        """Draw from a generator seeded with ``seed``, leaving the training stream untouched."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        estimate = self._evaluate("test", x, self.eval_num_samples)
+        global_batch = batch_idx * self.trainer.world_size + self.trainer.global_rank
+        with self._seeded(self.test_seed + global_batch):
+            estimate = self._evaluate("test", x, self.eval_num_samples)
         self.test_active_units.update(estimate.z_mean)
 
     def on_test_epoch_end(self) -> None:

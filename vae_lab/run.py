@@ -2,6 +2,8 @@
 
 In a sweep (``-m``) a job that fails records ``status: failed`` with its error and the sweep
 goes on; a single run with a bad config or a missing data file exits with one line naming it.
+A run stopped by SIGTERM records that it was interrupted; started again on the same folder with
+``resume=true`` it continues from ``checkpoints/last.ckpt``. Only the rank-0 process writes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from vae_lab.build import build_datamodule, build_logger, build_model, build_trainer
 from vae_lab.data import DataFileError
@@ -37,7 +41,11 @@ def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.data_dim)
     trainer = build_trainer(cfg, run_dir, build_logger(cfg, run_dir))
-    trainer.fit(model, datamodule=datamodule)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if cfg.get("resume") and last.exists() else None
+    if cfg.get("resume") and resume_from is None:
+        log.info("resume=true but %s does not exist: starting from scratch", last)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path or None
     trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -45,29 +53,41 @@ def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return metrics
 
 
+@rank_zero_only
+def _record(run_dir: Path, record: dict[str, Any]) -> None:
+    write_json(run_dir / METRICS_FILE, record)
+
+
 def execute(
     cfg: DictConfig, run_dir: Path, choices: dict[str, Any], isolate_failures: bool = False
 ) -> dict[str, Any]:
     """Run one job and record it in metrics.json, completed or failed."""
     record: dict[str, Any] = {**choices, "seed": cfg.seed, "status": "running"}
-    write_json(run_dir / METRICS_FILE, record)
+    _record(run_dir, record)
     start = time.perf_counter()
     try:
         record.update(train_and_test(cfg, run_dir))
         record["status"] = "completed"
+    except SIGTERMException:
+        record.update(
+            status="failed",
+            error=f"interrupted by SIGTERM: continue with resume=true hydra.run.dir={run_dir}",
+        )
+        _record(run_dir, record)
+        raise
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         if isolate_failures:
             log.error("job failed, the sweep goes on: %s", record["error"])
         elif isinstance(err, USER_ERRORS):
-            write_json(run_dir / METRICS_FILE, record)
+            _record(run_dir, record)
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         else:
-            write_json(run_dir / METRICS_FILE, record)
+            _record(run_dir, record)
             raise
     record["wall_time_s"] = time.perf_counter() - start
-    write_json(run_dir / METRICS_FILE, record)
+    _record(run_dir, record)
     return record
 
 

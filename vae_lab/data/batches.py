@@ -1,10 +1,21 @@
 """Batches of an in-memory tensor, drawn by index: no per-item Python work, no workers.
 
 A ``torch.utils.data.DataLoader`` over a ``TensorDataset`` indexes and collates one item at a
-time; here a batch is one ``x[indices]``. Each process of a distributed run takes the
-interleaved shard ``rank::world_size`` of the (shuffled) order, so shards are disjoint and
-cover every datapoint exactly once: the last batch is kept, never padded. Shuffled (training)
-batches drop the remainder of n / world_size so every process takes the same number of steps.
+time; here a batch is one ``x[indices]``. ``BatchOrder`` decides which indices form each batch
+of an epoch and which process of a distributed run takes it:
+
+* training (shuffled): a permutation seeded by ``seed + epoch``; each process takes the
+  interleaved shard ``rank::world_size`` of it, the remainder of n / world_size dropped so every
+  process takes the same number of steps (each process's batch is ``batch_size``).
+* evaluation (in order): the data is cut into consecutive batches of ``batch_size`` and process
+  ``rank`` takes batches ``rank, rank + world_size, ...``. Every datapoint is seen exactly once,
+  the last batch is kept and never padded, and a batch holds the same datapoints whatever the
+  number of processes: global batch ``i`` starts at datapoint ``i * batch_size``. The module
+  seeds its test-time sampling by that global index, so test metrics do not depend on the
+  number of processes.
+
+Lightning calls ``sampler.set_epoch(epoch)`` before each epoch (the ``DistributedSampler``
+protocol), so the order is a function of the epoch and survives a resume from a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,17 +27,17 @@ import torch
 from torch import Tensor
 
 
-class TensorBatches:
+class BatchOrder:
     def __init__(
         self,
-        data: Tensor,
+        num_items: int,
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.data = data
+        self.num_items = num_items
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -34,24 +45,43 @@ class TensorBatches:
         self.world_size = world_size
         self.epoch = 0
 
-    def _usable(self) -> int:
-        n = self.data.shape[0]
-        return n - n % self.world_size if self.shuffle else n
-
-    def _shard_size(self) -> int:
-        return len(range(self.rank, self._usable(), self.world_size))
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(self._shard_size() / self.batch_size)
+        if self.shuffle:
+            per_process = self.num_items // self.world_size
+            return math.ceil(per_process / self.batch_size)
+        return len(range(self.rank, math.ceil(self.num_items / self.batch_size), self.world_size))
 
     def __iter__(self) -> Iterator[Tensor]:
-        n = self.data.shape[0]
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(self.num_items, generator=generator)
+            usable = self.num_items - self.num_items % self.world_size
+            shard = order[:usable][self.rank :: self.world_size]
+            yield from shard.split(self.batch_size)
         else:
-            order = torch.arange(n)
-        self.epoch += 1
-        order = order[: self._usable()][self.rank :: self.world_size].to(self.data.device)
-        for start in range(0, order.shape[0], self.batch_size):
-            yield self.data[order[start : start + self.batch_size]]
+            batches = torch.arange(self.num_items).split(self.batch_size)
+            yield from batches[self.rank :: self.world_size]
+
+
+class TensorBatches:
+    """Iterates ``data[indices]`` for the index batches of ``sampler``.
+
+    ``sampler`` and ``batch_sampler`` follow the attributes of ``torch.utils.data.DataLoader``
+    that Lightning reads (to call ``set_epoch`` and to check shuffling).
+    """
+
+    batch_sampler = None
+
+    def __init__(self, data: Tensor, sampler: BatchOrder) -> None:
+        self.data = data
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for indices in self.sampler:
+            yield self.data[indices.to(self.data.device)]

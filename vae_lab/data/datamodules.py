@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from vae_lab.data.batches import TensorBatches
+from vae_lab.data.batches import BatchOrder, TensorBatches
 from vae_lab.data.files import DataFileError, RemoteFile, default_root, ensure, fetch
 
 Splits = tuple[Tensor, Tensor, Tensor]
@@ -64,7 +64,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         rank, world = (0, 1)
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
-        return TensorBatches(data, batch_size, shuffle, self.seed, rank, world)
+        order = BatchOrder(data.shape[0], batch_size, shuffle, self.seed, rank, world)
+        return TensorBatches(data, order)
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches(self.splits[0], self.batch_size, shuffle=True)
