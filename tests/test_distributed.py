@@ -81,3 +81,13 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert resumed["status"] == "completed"
     for key in ("test/log_px", "test/elbo", "test/kl", "val/elbo", "train/loss"):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6, abs=1e-6), key
+
+
+def test_evaluation_ignores_the_training_precision(tmp_path):
+    record = execute(compose_config(), tmp_path / "train", {})
+    ckpt = str(tmp_path / "train" / "checkpoints" / "last.ckpt")
+    full = _test_metrics([], ckpt, tmp_path / "full")
+    mixed = _test_metrics(["trainer.precision=bf16-mixed"], ckpt, tmp_path / "mixed")
+    assert record["status"] == "completed"
+    for key in TEST_METRICS:
+        assert mixed[key] == pytest.approx(full[key], rel=1e-6), key

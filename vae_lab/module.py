@@ -129,6 +129,11 @@ class VAE(pl.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------------
     def _evaluate(self, stage: str, x: Tensor, num_samples: int) -> IWEstimate:
+        """Evaluation metrics in full precision, whatever the training precision (autocast off)."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self._evaluate_full_precision(stage, x.float(), num_samples)
+
+    def _evaluate_full_precision(self, stage: str, x: Tensor, num_samples: int) -> IWEstimate:
         terms = self.elbo(x)
         for name, value in (("elbo", terms.elbo), ("recon", terms.recon), ("kl", terms.kl)):
             self.metrics[f"{stage}_{name}"].update(value)
