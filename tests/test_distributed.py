@@ -27,10 +27,15 @@ def _test_metrics(overrides: list[str], ckpt: str, run_dir) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k in TEST_METRICS}
 
 
-def test_two_processes_give_the_numbers_of_one(tmp_path):
-    record = execute(compose_config(), tmp_path / "train", {})
-    assert record["status"] == "completed"
-    ckpt = str(tmp_path / "train" / "checkpoints" / "last.ckpt")
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A checkpoint of a shrunk digits run."""
+    run_dir = tmp_path_factory.mktemp("train")
+    assert execute(compose_config(), run_dir, {})["status"] == "completed"
+    return str(run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_two_processes_give_the_numbers_of_one(ckpt, tmp_path):
     # digits' test set has 359 images: 8 batches of 50 (the last of 9), split 4 + 4
     one = _test_metrics([], ckpt, tmp_path / "one")
     two = _test_metrics(["trainer=ddp_sim", "trainer.enable_progress_bar=false"], ckpt,
@@ -83,11 +88,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6, abs=1e-6), key
 
 
-def test_evaluation_ignores_the_training_precision(tmp_path):
-    record = execute(compose_config(), tmp_path / "train", {})
-    ckpt = str(tmp_path / "train" / "checkpoints" / "last.ckpt")
+def test_evaluation_ignores_the_training_precision(ckpt, tmp_path):
     full = _test_metrics([], ckpt, tmp_path / "full")
     mixed = _test_metrics(["trainer.precision=bf16-mixed"], ckpt, tmp_path / "mixed")
-    assert record["status"] == "completed"
     for key in TEST_METRICS:
         assert mixed[key] == pytest.approx(full[key], rel=1e-6), key
