@@ -3,12 +3,14 @@
 In a sweep (``-m``) a job that fails records ``status: failed`` with its error and the sweep
 goes on; a single run with a bad config or a missing data file exits with one line naming it.
 A run stopped by SIGTERM records that it was interrupted; started again on the same folder with
-``resume=true`` it continues from ``checkpoints/last.ckpt``. Only the rank-0 process writes.
+``resume=true`` it continues from ``checkpoints/last.ckpt``; so does a SLURM job requeued after
+preemption, by itself. Only the rank-0 process writes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -25,6 +28,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from vae_lab.build import build_datamodule, build_logger, build_model, build_trainer
 from vae_lab.data import DataFileError
 from vae_lab.outputs import METRICS_FILE, write_json
+from vae_lab.tracking import finish_run
 from vae_lab.validation import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -34,17 +38,31 @@ USER_ERRORS = (ConfigError, DataFileError)
 RECORDED_CHOICES = ("posterior", "prior", "data", "likelihood", "model")
 
 
+def use_threads(num_threads: int | None) -> None:
+    """Give torch ``num_threads`` intra-op threads (None: keep torch's default)."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    log.info("torch uses %d threads", torch.get_num_threads())
+
+
+def requeued() -> bool:
+    """A SLURM job requeued after preemption or a time-out (its run folder is the same)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+
 def train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit on the training set, test the best-validation checkpoint; the final metrics."""
     validate(cfg)
+    use_threads(cfg.get("num_threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.data_dim)
     trainer = build_trainer(cfg, run_dir, build_logger(cfg, run_dir))
     last = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(last) if cfg.get("resume") and last.exists() else None
-    if cfg.get("resume") and resume_from is None:
-        log.info("resume=true but %s does not exist: starting from scratch", last)
+    resume = cfg.get("resume") or requeued()
+    resume_from = str(last) if resume and last.exists() else None
+    if resume and resume_from is None:
+        log.info("resuming, but %s does not exist: starting from scratch", last)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path or None
@@ -86,6 +104,8 @@ def execute(
         else:
             _record(run_dir, record)
             raise
+    finally:
+        finish_run(record)  # W&B: close this job's run, so the next job never merges into it
     record["wall_time_s"] = time.perf_counter() - start
     _record(run_dir, record)
     return record
