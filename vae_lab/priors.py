@@ -1,7 +1,9 @@
 """Priors p(z) over the latent space, as torch distributions with event shape [latent_dim].
 
 A prior module is called with the encoder's map from inputs to the posterior's Gaussian base
-(needed by priors built from the encoder, such as the VampPrior) and returns p(z).
+(needed by priors built from the encoder, such as the VampPrior) and returns p(z). Every prior
+pairs with every posterior family: the ELBO core takes the KL analytically where torch knows
+the (q, p) pair and by Monte Carlo otherwise, and the IW estimate uses ``p.log_prob`` as is.
 """
 
 from __future__ import annotations
@@ -10,18 +12,139 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 #: inputs u of shape [K, X] -> the posterior's Gaussian base q0(z|u), batch shape [K].
 BaseEncoder = Callable[[Tensor], Distribution]
 
 
-class StandardNormal(nn.Module):
+class Prior(nn.Module):
+    """A prior over z in R^latent_dim for a VAE of data in R^data_dim.
+
+    ``init_from_data`` is called once before training with the training set [N, X] (by the
+    ``vae_lab.callbacks.PriorDataInit`` callback, before a checkpoint is restored); priors
+    that start from data override it, the others ignore it.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.data_dim = data_dim
+
+    def forward(self, encode_base: BaseEncoder) -> Distribution:
+        raise NotImplementedError
+
+    def init_from_data(self, train: Tensor) -> None:
+        """Start from the training set [N, X]; nothing to do by default."""
+
+
+class StandardNormal(Prior):
     """p(z) = N(0, I): the classic VAE prior (Kingma & Welling 2014)."""
 
-    def __init__(self, latent_dim: int) -> None:
-        super().__init__()
+    def __init__(self, latent_dim: int, data_dim: int) -> None:
+        super().__init__(latent_dim, data_dim)
         self.register_buffer("loc", torch.zeros(latent_dim))
 
-    def forward(self, encode_base: BaseEncoder | None = None) -> Distribution:
+    def forward(self, encode_base: BaseEncoder) -> Distribution:
         return Independent(Normal(self.loc, torch.ones_like(self.loc)), 1)
+
+
+class LatentMixture(MixtureSameFamily):
+    """p(z) = sum_k pi_k p_k(z), torch's ``MixtureSameFamily`` with log_prob taken in chunks.
+
+    ``MixtureSameFamily.log_prob`` compares every z with every component at once, an
+    [N, K, D] tensor; the IW estimate evaluates N = S x B samples (e.g. 500 x 100 per chunk,
+    with K = 500 components: 1.6 GB per intermediate). Here the values are flattened to
+    [N, D] and evaluated ``rows`` at a time with rows x K x D <= ``max_elements``, which
+    bounds memory and gives the same numbers. The mixture itself has batch shape [].
+    """
+
+    max_elements = 2**22
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        event = self.event_shape
+        flat = value.reshape(-1, *event)
+        per_row = self.component_distribution.batch_shape[-1] * event.numel()
+        rows = max(1, self.max_elements // per_row)
+        log_p = torch.cat([super(LatentMixture, self).log_prob(v) for v in flat.split(rows)])
+        return log_p.reshape(value.shape[: value.dim() - len(event)])
+
+
+class MixtureOfGaussians(Prior):
+    """A learnable mixture of diagonal Gaussians,
+
+        p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2),   pi = softmax(a),
+
+    with the weights' logits a, the means mu_k and the log-scales log sigma_k all learned with
+    the VAE (as in the GMM priors of Dilokthanakul et al. 2016 and Tomczak & Welling 2018,
+    section 2). The components start at mu_k ~ N(0, I), sigma_k = 1, pi uniform: random means
+    break the symmetry between components, which would otherwise receive equal gradients.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int, num_components: int = 50) -> None:
+        super().__init__(latent_dim, data_dim)
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.loc = nn.Parameter(torch.randn(num_components, latent_dim))
+        self.log_scale = nn.Parameter(torch.zeros(num_components, latent_dim))
+
+    def forward(self, encode_base: BaseEncoder) -> Distribution:
+        components = Independent(Normal(self.loc, self.log_scale.exp()), 1)
+        return LatentMixture(Categorical(logits=self.logits), components)
+
+
+class VampPrior(Prior):
+    """The VampPrior (Tomczak & Welling 2018, "VAE with a VampPrior"),
+
+        p(z) = (1/K) sum_k q0(z | u_k),
+
+    the aggregated posterior of K learnable pseudo-inputs u_k pushed through the encoder to the
+    posterior's diagonal Gaussian base q0 (the posterior itself for Gaussian families, the
+    flow's base otherwise), so it pairs with every family and shares the encoder's weights.
+
+    Pseudo-inputs stay in the data range [0, 1] as u = sigmoid(a) of free parameters a (the
+    paper clips with a hardtanh; a sigmoid never has zero gradient). ``init="data"`` starts
+    them at K distinct random training images, a = logit(clamp(x, m, 1 - m)) with margin
+    m = 0.05 so that binary pixels keep a usable gradient; ``init="random"`` at a ~ N(0, I),
+    noise images around grey 0.5. With ``init="data"`` training refuses to start before
+    ``init_from_data`` has run.
+    """
+
+    margin = 0.05
+
+    def __init__(
+        self, latent_dim: int, data_dim: int, num_components: int = 500, init: str = "data"
+    ) -> None:
+        super().__init__(latent_dim, data_dim)
+        if init not in ("data", "random"):
+            raise ValueError(f"prior.init={init} is invalid: must be data or random")
+        self.num_components = num_components
+        self.pseudo_logits = nn.Parameter(torch.randn(num_components, data_dim))
+        self.awaiting_data = init == "data"
+
+    @property
+    def pseudo_inputs(self) -> Tensor:
+        """u_k = sigmoid(a_k), shape [K, X]."""
+        return torch.sigmoid(self.pseudo_logits)
+
+    def init_from_data(self, train: Tensor) -> None:
+        if not self.awaiting_data:
+            return
+        n = len(train)
+        if self.num_components > n:
+            raise ValueError(
+                f"prior.num_components={self.num_components} exceeds the {n} training "
+                "datapoints the VampPrior starts from: lower it or set prior.init=random"
+            )
+        chosen = train[torch.randperm(n)[: self.num_components]].reshape(self.num_components, -1)
+        with torch.no_grad():
+            self.pseudo_logits.copy_(torch.logit(chosen.clamp(self.margin, 1 - self.margin)))
+        self.awaiting_data = False
+
+    def forward(self, encode_base: BaseEncoder) -> Distribution:
+        if self.training and self.awaiting_data:
+            raise RuntimeError(
+                "the VampPrior (prior.init=data) was not given the training set: keep the "
+                "callbacks.prior_data_init callback, or set prior.init=random"
+            )
+        weights = Categorical(logits=self.pseudo_logits.new_zeros(self.num_components))
+        return LatentMixture(weights, encode_base(self.pseudo_inputs))
