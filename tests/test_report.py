@@ -1,0 +1,172 @@
+"""The report on hand-made run folders: statistics, listings, links, CSV, plots and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread, imsave
+
+from tests.conftest import REPO
+from vae_lab.report import write_report
+from vae_lab.report.plots import DPI, WIDTH, figure_height
+
+
+def make_run(folder: Path, posterior: str, seed: int, status: str = "completed", **metrics):
+    """A run folder whose metrics.json is what vae_lab.run writes (plus ``metrics``)."""
+    folder.mkdir(parents=True)
+    record = {"posterior": posterior, "prior": "standard", "data": "digits", "seed": seed}
+    (folder / "metrics.json").write_text(json.dumps({**record, "status": status, **metrics}))
+    return folder
+
+
+def completed(log_px: float, elbo: float, **more) -> dict:
+    return {"test/log_px": log_px, "test/elbo": elbo, "test/inference_gap": log_px - elbo, **more}
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """gaussian: two seeds; full_cov: one completed, one failed; flow: one still running."""
+    root = tmp_path / "sweep"
+    make_run(root / "0", "gaussian", 0, **completed(-90.0, -93.0))
+    make_run(root / "1", "gaussian", 1, **completed(-92.0, -94.0))
+    make_run(root / "2", "full_cov", 0, **completed(-89.5, -91.0))
+    make_run(root / "3", "full_cov", 1, "failed", error="FloatingPointError: training loss is nan")
+    make_run(root / "4", "flow", 0, "running")
+    return root
+
+
+def rows(report: str) -> dict[str, list[str]]:
+    """report.md's table: posterior -> the row's cells."""
+    lines = [line for line in report.split("\n\n")[2].splitlines()[2:]]
+    cells = [[c.strip() for c in line.strip("| ").split(" | ")] for line in lines]
+    return {row[0]: row for row in cells}
+
+
+def test_table_gives_mean_and_sd_over_seeds(sweep):
+    write_report([sweep])
+    report = (sweep / "report.md").read_text()
+    assert "5 runs (3 completed, 1 failed, 1 running)" in report
+    header = report.split("\n\n")[2].splitlines()[0]
+    assert header == "| posterior | prior | runs | ELBO | log p(x) | inference gap |"
+    table = rows(report)
+    sd = statistics.stdev([-90.0, -92.0])
+    assert table["gaussian"] == [
+        "gaussian",
+        "standard",
+        "2",
+        f"-93.50 ± {statistics.stdev([-93.0, -94.0]):.2f}",
+        f"-91.00 ± {sd:.2f}",
+        f"2.50 ± {statistics.stdev([3.0, 2.0]):.2f}",
+    ]
+    assert table["full_cov"] == ["full_cov", "standard", "1", "-91.00", "-89.50", "1.50"]
+    assert table["flow"] == ["flow", "standard", "0", "—", "—", "—"]
+
+
+def test_failed_and_running_runs_are_listed(sweep):
+    write_report([sweep])
+    report = (sweep / "report.md").read_text()
+    failed = report.split("## Failed runs")[1].split("##")[0].strip()
+    assert (
+        failed
+        == "- `3` (full_cov, standard, digits, seed 1): FloatingPointError: training loss is nan"
+    )
+    running = report.split("## Still running")[1].split("##")[0].strip()
+    assert running == "- `4` (flow, standard, digits, seed 0)"
+
+
+def test_evaluated_gaps_get_columns_and_stacked_bars(sweep):
+    make_run(
+        sweep / "5",
+        "iaf",
+        0,
+        **completed(-88.0, -90.0, **{"eval/approximation_gap": 0.5, "eval/amortization_gap": 1.5}),
+    )
+    write_report([sweep])
+    report = (sweep / "report.md").read_text()
+    assert (
+        report.split("\n\n")[2]
+        .splitlines()[0]
+        .endswith("| inference gap | approximation gap | amortization gap |")
+    )
+    assert rows(report)["iaf"][-2:] == ["0.50", "1.50"]
+    assert rows(report)["gaussian"][-2:] == ["—", "—"]
+
+
+def test_run_images_are_linked_or_said_missing(sweep):
+    imsave(sweep / "0" / "reconstructions.png", [[0.0, 1.0]], cmap="gray")
+    write_report([sweep])
+    report = (sweep / "report.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("| `0` |"))
+    assert "![reconstructions.png](0/reconstructions.png)" in line
+    assert "no prior_samples.png" in line
+
+
+def test_csv_has_one_row_per_run(sweep):
+    write_report([sweep])
+    with (sweep / "report.csv").open() as file:
+        table = list(csv.DictReader(file))
+    assert [row["folder"] for row in table] == ["0", "1", "2", "3", "4"]
+    assert [row["status"] for row in table][3:] == ["failed", "running"]
+    assert float(table[0]["test/log_px"]) == -90.0
+    assert table[3]["error"].startswith("FloatingPointError") and table[3]["test/log_px"] == ""
+
+
+def test_plots_are_images_of_the_expected_size(sweep):
+    written = write_report([sweep])
+    assert [p.name for p in written] == ["report.md", "report.csv", "gaps.png", "log_px.png"]
+    for plot in written[2:]:
+        assert imread(plot).shape[:2] == (round(figure_height(3) * DPI), round(WIDTH * DPI))
+
+
+def test_several_folders_into_another(tmp_path, sweep):
+    other = make_run(tmp_path / "single", "gaussian", 2, **completed(-91.0, -92.0)).parent
+    out = tmp_path / "out"
+    write_report([sweep, other], out)
+    report = (out / "report.md").read_text()
+    assert rows(report)["gaussian"][2] == "3"
+    assert "![gaps](gaps.png)" in report
+    assert "`../sweep/0`" in report
+
+
+def test_unreadable_metrics_is_listed(sweep):
+    (sweep / "1" / "metrics.json").write_text("{not json")
+    write_report([sweep])
+    report = (sweep / "report.md").read_text()
+    assert "## Unreadable metrics.json\n\n- `1`" in report
+    assert rows(report)["gaussian"][2] == "1"
+
+
+def report_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vae_lab.report", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("case", ["empty", "missing"])
+def test_a_folder_without_runs_is_one_line(tmp_path, case):
+    folder = tmp_path / case
+    if case == "empty":
+        (folder / "sub").mkdir(parents=True)
+    result = report_cli(str(folder))
+    assert result.returncode == 2
+    expected = {
+        "empty": f"error: no metrics.json under {folder}: not a run or sweep folder",
+        "missing": f"error: {folder} is not a folder",
+    }[case]
+    assert result.stderr == expected + "\n"
+
+
+def test_cli_writes_the_report(sweep):
+    result = report_cli(str(sweep))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {sweep}/report.md, {sweep}/report.csv")

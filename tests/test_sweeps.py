@@ -1,0 +1,147 @@
+"""Sweeps as a user runs them: ``python -m vae_lab.run -m ...`` in a subprocess, shrunk.
+
+Each launcher runs a 2 x 2 grid to four completed runs that the report turns into a table and
+plots; a job made to fail (NaN) is recorded as failed while the others complete. Jobs run with
+one torch thread (OMP_NUM_THREADS=1), except under joblib, which sets the threads itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+from tests.conftest import REPO, SHRINK
+from vae_lab.outputs import read_metrics
+from vae_lab.report.plots import DPI, WIDTH, figure_height
+
+GRID = ["posterior=gaussian,full_cov", "seed=0,1"]
+
+
+def run_sweep(sweep_dir: Path, *overrides: str, threads: str | None = "1"):
+    """``python -m vae_lab.run -m`` with the shrinking overrides, into ``sweep_dir``.
+
+    ``threads`` is the jobs' OMP_NUM_THREADS; None leaves it to the launcher.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vae_lab.run",
+            "-m",
+            *SHRINK,
+            *overrides,
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env if threads is None else {**env, "OMP_NUM_THREADS": threads},
+    )
+
+
+def run_report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vae_lab.report", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def job_metrics(sweep_dir: Path) -> list[dict]:
+    return [read_metrics(job) for job in sorted(sweep_dir.iterdir()) if job.name.isdigit()]
+
+
+def table_rows(report: str) -> list[list[str]]:
+    """The cells of report.md's first table, without its header and rule."""
+    lines = [line for line in report.splitlines() if line.startswith("| ")]
+    header = lines[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return [row for row in rows if len(row) == header.count("|") - 1][:4]
+
+
+LAUNCHERS = {  # launcher -> its overrides and the jobs' OMP_NUM_THREADS
+    "basic": ([], "1"),
+    "joblib": (["hydra.launcher.n_jobs=2"], None),  # two jobs at once, cores // 2 threads each
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_grid_sweep_completes_and_reports(launcher, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    overrides, threads = LAUNCHERS[launcher]
+    result = run_sweep(sweep_dir, *GRID, f"hydra/launcher={launcher}", *overrides, threads=threads)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected_threads = threads or max(os.cpu_count() // 2, 1)
+    for job in range(4):
+        assert (
+            f"torch uses {expected_threads} threads" in (sweep_dir / f"{job}/run.log").read_text()
+        )
+    metrics = job_metrics(sweep_dir)
+    assert [m["status"] for m in metrics] == ["completed"] * 4
+    assert {(m["posterior"], m["seed"]) for m in metrics} == {
+        ("gaussian", 0),
+        ("gaussian", 1),
+        ("full_cov", 0),
+        ("full_cov", 1),
+    }
+
+    report = run_report(str(sweep_dir))
+    assert report.returncode == 0, report.stderr
+    rows = table_rows((sweep_dir / "report.md").read_text())
+    assert [row[:3] for row in rows] == [
+        ["gaussian", "standard", "2"],
+        ["full_cov", "standard", "2"],
+    ]
+    for row in rows:  # ELBO, log p(x), inference gap: mean ± sd over the two seeds
+        assert all(re.fullmatch(r"-?\d+\.\d\d ± \d+\.\d\d", cell) for cell in row[3:6]), row
+    csv_lines = (sweep_dir / "report.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 4
+    for plot in ("gaps.png", "log_px.png"):
+        image = imread(sweep_dir / plot)
+        assert image.shape[:2] == (round(figure_height(2) * DPI), round(WIDTH * DPI)), plot
+
+
+def test_failing_job_is_isolated_and_reported(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(sweep_dir, "+fault=none,nan_loss")
+    assert result.returncode == 1  # the sweep went on, then says that a job failed
+    completed, failed = job_metrics(sweep_dir)
+    assert completed["status"] == "completed"
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("FloatingPointError: training loss is nan at step 0")
+    assert "1 completed, 1 failed" in result.stdout  # the sweep summary, from Hydra's log
+
+    report = run_report(str(sweep_dir))
+    assert report.returncode == 0, report.stderr
+    text = (sweep_dir / "report.md").read_text()
+    failures = text.split("## Failed runs")[1].split("##")[0]
+    assert (
+        "`1` (gaussian, standard, digits, seed 0): FloatingPointError: training loss is nan"
+        in failures
+    )
+    assert table_rows(text)[0][:3] == ["gaussian", "standard", "1"]
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(
+        sweep_dir,
+        "seed=0,1",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["status"] for m in job_metrics(sweep_dir)] == ["completed", "completed"]
+    assert list((sweep_dir / ".submitit").glob("*/*_log.out"))  # ran through submitit

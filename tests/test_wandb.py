@@ -1,0 +1,145 @@
+"""W&B offline: a 2-job sweep leaves, in each run folder, a W&B run with the metrics, the full
+config, the sweep's group and the job's tags; the two jobs of one process never merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from wandb.proto import wandb_internal_pb2
+
+from tests.conftest import REPO, SHRINK
+
+FILE_HEADER = 7  # ":W&B", a 2-byte magic number, a version byte
+BLOCK = 32 * 1024  # the LevelDB log format: 32 KiB blocks of chunks with 7-byte headers
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """The records of a ``run-*.wandb`` file (a LevelDB log of protobuf Records)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    records, pending, pos = [], b"", FILE_HEADER
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:  # a block's tail too short for a header is padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        length, kind = struct.unpack_from("<HB", data, pos + 4)
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:  # zero padding
+            continue
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def wandb_run(job_dir: Path) -> dict:
+    """What the job's offline W&B run recorded: its run record, config, summary and files."""
+    (run_dir,) = (job_dir / "wandb").glob("offline-run-*")
+    (log_file,) = run_dir.glob("run-*.wandb")
+    records = read_records(log_file)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    (run,) = [r.run for r, kind in zip(records, kinds, strict=True) if kind == "run"]
+    config = {  # given to wandb.init, then logged as hyperparameters
+        item.key: json.loads(item.value_json)
+        for updates in [run.config.update]
+        + [r.config.update for r, kind in zip(records, kinds, strict=True) if kind == "config"]
+        for item in updates
+    }
+    logged = {  # logged key -> last value; a media item (images, table) -> its fields
+        item.key or item.nested_key[0]: json.loads(item.value_json)
+        for r, kind in zip(records, kinds, strict=True)
+        if kind == "history"
+        for item in r.history.item
+        if len(item.nested_key) <= 1
+    }
+    exits = [r.exit.exit_code for r, kind in zip(records, kinds, strict=True) if kind == "exit"]
+    return {"run": run, "config": config, "logged": logged, "exits": exits, "dir": run_dir}
+
+
+@pytest.fixture(scope="module")
+def wandb_sweep(tmp_path_factory) -> Path:
+    """Two jobs in one process (basic launcher), logged to W&B offline."""
+    sweep_dir = tmp_path_factory.mktemp("wandb") / "sweep"
+    home = sweep_dir.parent
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_DATA_DIR": str(home / "data"),
+        "OMP_NUM_THREADS": "1",
+    }
+    shrink = [o for o in SHRINK if not o.startswith("logger=")]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vae_lab.run",
+            "-m",
+            *shrink,
+            "logger=wandb",
+            "trainer.log_every_n_steps=1",
+            "posterior=gaussian,full_cov",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def test_each_job_is_its_own_run_in_the_sweeps_group(wandb_sweep):
+    runs = [wandb_run(wandb_sweep / job)["run"] for job in ("0", "1")]
+    assert runs[0].run_id != runs[1].run_id  # wandb.finish() between the jobs
+    assert runs[0].run_group == runs[1].run_group == "run-wandb0_sweep"  # script, sweep folder
+    for run, posterior in zip(runs, ("gaussian", "full_cov"), strict=True):
+        assert run.job_type == "train"
+        assert set(run.tags) == {
+            f"posterior:{posterior}",
+            "prior:standard",
+            "data:digits",
+            "seed:0",
+        }
+        assert run.display_name.startswith(f"{posterior}-standard-")
+
+
+def test_run_has_the_full_resolved_config_and_the_choices(wandb_sweep):
+    config = wandb_run(wandb_sweep / "1")["config"]
+    assert config["choices"]["posterior"] == "full_cov"
+    assert config["posterior"]["_target_"] == "vae_lab.posteriors.FullCovGaussian"
+    assert config["trainer"]["max_epochs"] == 1
+    assert config["eval"]["num_samples"] == 20
+    assert config["num_threads"] == 1  # resolved from ${oc.env:OMP_NUM_THREADS}
+
+
+def test_run_has_the_metrics_the_images_and_the_gap_table(wandb_sweep):
+    run = wandb_run(wandb_sweep / "0")
+    metrics = json.loads((wandb_sweep / "0" / "metrics.json").read_text())
+    for key in ("train/loss", "val/elbo", "test/elbo", "test/log_px", "test/inference_gap"):
+        assert key in run["logged"], key
+    assert run["logged"]["test/log_px"] == pytest.approx(metrics["test/log_px"])
+    assert run["exits"] == [0]
+    media = run["dir"] / "files" / "media"
+    (table_file,) = (media / "table").glob("gap_decomposition_*.table.json")
+    table = json.loads(table_file.read_text())
+    row = dict(zip(table["columns"], table["data"][0], strict=True))
+    assert row["posterior"] == "gaussian" and row["seed"] == 0
+    assert row["test/inference_gap"] == pytest.approx(metrics["test/inference_gap"])
+    assert {p.name.split("_")[0] for p in (media / "images").glob("*.png")} >= {
+        "prior",
+        "reconstructions",
+    }

@@ -1,0 +1,103 @@
+"""Find the runs under one or more folders and read their ``metrics.json``.
+
+A run is any folder holding a ``metrics.json``; a sweep folder holds one per job. Runs of a
+sweep still going on (``status: running``) and failed runs are kept, so the report can say so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vae_lab.outputs import METRICS_FILE
+
+#: the option order of the contract; options not listed sort after these, alphabetically
+OPTION_ORDER = {
+    "posterior": ("gaussian", "full_cov", "flow", "planar", "realnvp", "iaf", "sylvester"),
+    "prior": ("standard", "mixture", "vamp"),
+}
+
+
+class NoRunsError(Exception):
+    """A folder given to the report holds no run."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One job: its folder and the content of its metrics.json."""
+
+    folder: Path
+    metrics: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.metrics.get("status", "unknown"))
+
+    def choice(self, group: str) -> str:
+        return str(self.metrics.get(group) or "-")
+
+    @property
+    def seed(self) -> Any:
+        return self.metrics.get("seed")
+
+    def value(self, metric: str) -> float | None:
+        """A metric as a float (NaN and inf included), None when the run does not have it."""
+        value = self.metrics.get(metric)
+        return None if value is None else float(value)  # "nan" and "inf" parse back to floats
+
+
+def option_rank(group: str, option: str) -> tuple[int, str]:
+    """Sort key of an option of ``group``: the contract's order, then by name."""
+    order = OPTION_ORDER.get(group, ())
+    return (order.index(option) if option in order else len(order), option)
+
+
+def run_key(run: Run) -> tuple:
+    seed = run.seed if isinstance(run.seed, int) else math.inf
+    return (
+        run.choice("data"),
+        option_rank("posterior", run.choice("posterior")),
+        option_rank("prior", run.choice("prior")),
+        seed,
+        str(run.folder),
+    )
+
+
+def read_run(path: Path) -> Run:
+    """The run of a metrics.json; an unreadable file becomes a run with status ``unreadable``."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        metrics = {"status": "unreadable", "error": f"{type(err).__name__}: {err}"}
+    return Run(folder=path.parent, metrics=metrics)
+
+
+def find_runs(folders: Sequence[Path]) -> list[Run]:
+    """Every run under ``folders``, sorted by data, posterior, prior and seed.
+
+    Raises NoRunsError naming the first folder that is missing or holds no metrics.json.
+    """
+    paths: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise NoRunsError(f"{folder} is not a folder")
+        found = sorted(folder.rglob(METRICS_FILE))
+        if not found:
+            raise NoRunsError(f"no {METRICS_FILE} under {folder}: not a run or sweep folder")
+        paths.extend(found)
+    return sorted((read_run(p) for p in dict.fromkeys(paths)), key=run_key)
+
+
+def with_status(runs: Iterable[Run], status: str) -> list[Run]:
+    return [run for run in runs if run.status == status]
+
+
+def status_counts(runs: Iterable[Run]) -> str:
+    """E.g. ``3 completed, 1 failed``."""
+    counts = Counter(run.status for run in runs)
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

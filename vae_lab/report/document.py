@@ -1,0 +1,75 @@
+"""``report.md``: the table, the runs that failed or still run, the plots, each run's images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from vae_lab.report.collect import Run, status_counts, with_status
+from vae_lab.report.table import Cell, markdown_table, shown_metrics
+
+#: image grids that vae_lab.callbacks.ImageGrids leaves in every run folder
+RUN_IMAGES = (
+    ("reconstructions.png", "test images beside their reconstructions"),
+    ("prior_samples.png", "prior samples"),
+)
+
+
+def _run_name(run: Run, out_dir: Path) -> str:
+    return f"`{os.path.relpath(run.folder, out_dir)}`"
+
+
+def _options(run: Run) -> str:
+    return (
+        f"{run.choice('posterior')}, {run.choice('prior')}, {run.choice('data')}, seed {run.seed}"
+    )
+
+
+def _listing(title: str, runs: Sequence[Run], out_dir: Path, with_error: bool) -> list[str]:
+    if not runs:
+        return []
+    lines = [f"## {title}", ""]
+    for run in runs:
+        error = f": {run.metrics.get('error', 'no error recorded')}" if with_error else ""
+        lines.append(f"- {_run_name(run, out_dir)} ({_options(run)}){error}")
+    return [*lines, ""]
+
+
+def _image(run: Run, name: str, out_dir: Path) -> str:
+    path = run.folder / name
+    return f"![{name}]({os.path.relpath(path, out_dir)})" if path.exists() else f"no {name}"
+
+
+def _images(runs: Sequence[Run], out_dir: Path) -> list[str]:
+    header = ["run", "options", *(title for _, title in RUN_IMAGES)]
+    lines = ["## Images of each run", "", "| " + " | ".join(header) + " |"]
+    lines.append("| " + " | ".join(["---"] * len(header)) + " |")
+    for run in runs:
+        images = [_image(run, name, out_dir) for name, _ in RUN_IMAGES]
+        lines.append(
+            f"| {_run_name(run, out_dir)} | {_options(run)} | " + " | ".join(images) + " |"
+        )
+    return [*lines, ""]
+
+
+def render(runs: Sequence[Run], table: Sequence[Cell], plots: Sequence[Path], out_dir: Path) -> str:
+    """The whole of report.md; links are relative to ``out_dir``, where it is written."""
+    lines = [
+        "# vae_lab report",
+        "",
+        f"{len(runs)} runs ({status_counts(runs)}). Mean ± standard deviation over seeds of the",
+        "completed runs, in nats; log p(x) and the ELBO are per test image, higher is better.",
+        "",
+        markdown_table(table, shown_metrics(runs)),
+        "",
+        *_listing("Failed runs", with_status(runs, "failed"), out_dir, with_error=True),
+        *_listing("Still running", with_status(runs, "running"), out_dir, with_error=False),
+        *_listing("Unreadable metrics.json", with_status(runs, "unreadable"), out_dir, True),
+        "## Plots",
+        "",
+        *(f"![{plot.stem}]({os.path.relpath(plot, out_dir)})" for plot in plots),
+        "",
+        *_images(with_status(runs, "completed"), out_dir),
+    ]
+    return "\n".join(lines)
