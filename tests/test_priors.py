@@ -43,6 +43,22 @@ def test_mixture_log_prob_is_log_sum_exp_over_components(monkeypatch):
     torch.testing.assert_close(log_p, expected)
 
 
+def test_mixture_log_prob_stays_exact_for_narrow_components():
+    # sigma = e^-6: precisions of 1.6e5, where expanding |z - mu|^2 in float32 loses nats
+    torch.manual_seed(0)
+    prior = MixtureOfGaussians(latent_dim=50, data_dim=DATA_DIM, num_components=4)
+    with torch.no_grad():
+        prior.log_scale.fill_(-6.0)
+        prior.loc.mul_(3.0)
+    z = prior.loc[torch.arange(32) % 4] + 0.003 * torch.randn(32, 50)
+    log_p = prior(base_encoder(DiagonalGaussian, DATA_DIM, 50)).log_prob(z)
+    log_components = Normal(prior.loc.double(), prior.log_scale.double().exp()).log_prob(
+        z.double().unsqueeze(-2)
+    ).sum(-1)
+    expected = torch.logsumexp(log_components - math.log(4), dim=-1)
+    torch.testing.assert_close(log_p.double(), expected, rtol=1e-6, atol=1e-4)
+
+
 @pytest.mark.parametrize("family", [DiagonalGaussian, FullCovGaussian])
 def test_vamp_log_prob_is_the_mean_of_the_pseudo_inputs_encoded_bases(family):
     torch.manual_seed(0)
