@@ -48,6 +48,23 @@ RULES: list[Rule] = [
     ("posterior.num_flows", _positive_int, "a positive integer"),
     ("posterior.hidden_dim", _positive_int, "a positive integer"),
     ("prior.num_components", _positive_int, "a positive integer"),
+    ("eval.split", lambda v: v in ("train", "val", "test"), "one of train, val, test"),
+    ("eval.gap_points", lambda v: v is None or _positive_int(v), "a positive integer or null"),
+    ("eval.seed", _non_negative_int, "a non-negative integer"),
+    ("eval.ais_steps", _positive_int, "a positive integer"),
+    ("eval.ais_chains", _positive_int, "a positive integer"),
+    ("eval.ais_leapfrog_steps", _positive_int, "a positive integer"),
+    ("eval.qstar_family", lambda v: v is None or isinstance(v, str), "a posterior option or null"),
+    ("eval.qstar_init", lambda v: v in ("encoder", "prior"), "encoder or prior"),
+    ("eval.qstar_lr", _positive_number, "a positive number"),
+    ("eval.qstar_samples", _positive_int, "a positive integer"),
+    ("eval.qstar_max_steps", _positive_int, "a positive integer"),
+    ("eval.qstar_tol", lambda v: v == 0 or _positive_number(v), "a non-negative number"),
+    ("data.data_dim", _positive_int, "a positive integer"),
+    ("data.noise_std", _positive_number, "a positive number"),
+    ("data.num_train", _positive_int, "a positive integer"),
+    ("data.num_val", _positive_int, "a positive integer"),
+    ("data.num_test", _positive_int, "a positive integer"),
 ]
 
 _MISSING = object()

@@ -2,5 +2,13 @@
 
 from vae_lab.data.datamodules import BinarizedMNIST, Digits, IDXImages, InMemoryDataModule
 from vae_lab.data.files import DataFileError
+from vae_lab.data.linear_gaussian import LinearGaussian
 
-__all__ = ["BinarizedMNIST", "DataFileError", "Digits", "IDXImages", "InMemoryDataModule"]
+__all__ = [
+    "BinarizedMNIST",
+    "DataFileError",
+    "Digits",
+    "IDXImages",
+    "InMemoryDataModule",
+    "LinearGaussian",
+]

@@ -1,0 +1,121 @@
+"""``python -m vae_lab.evaluate``: on a trained digits run, on a linear-Gaussian run with its
+exact log p(x), and with bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO, compose_config
+from vae_lab.evaluate import main
+from vae_lab.outputs import read_metrics
+from vae_lab.run import execute
+
+#: small enough for seconds, large enough for the checks
+QUICK = [
+    "eval.gap_points=60",
+    "eval.num_samples=300",
+    "eval.chunk_size=300",
+    "eval.ais_steps=50",
+    "eval.ais_chains=4",
+    "eval.ais_leapfrog_steps=5",
+    "eval.qstar_max_steps=300",
+]
+CONTRACT = ("eval/log_px_ais", "eval/elbo_qstar", "eval/approximation_gap", "eval/amortization_gap")
+
+
+def train(run_dir: Path, overrides: list[str]) -> Path:
+    """A run folder as ``python -m vae_lab.run`` leaves it (.hydra/config.yaml, checkpoints)."""
+    cfg = compose_config(overrides)
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    assert execute(cfg, run_dir, {"posterior": cfg.posterior._target_})["status"] == "completed"
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    overrides = ["trainer.max_epochs=3", "trainer.limit_train_batches=null"]
+    return train(tmp_path_factory.mktemp("digits"), overrides)
+
+
+def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
+    record = main([f"ckpt_path={digits_run}/checkpoints/best.ckpt", *QUICK])
+    written = json.loads((digits_run / "eval.json").read_text())
+    assert written == record and written["eval"]["num_samples"] == 300
+    metrics = read_metrics(digits_run)
+    assert metrics["status"] == "completed" and "test/log_px" in metrics  # merged, not replaced
+    for key in (*CONTRACT, "eval/log_px", "eval/elbo", "eval/log_px_best", "eval/time_iw_s",
+                "eval/time_ais_s", "eval/time_qstar_s"):  # fmt: skip
+        assert math.isfinite(metrics[key]) and metrics[key] == record[key], key
+    for gap in ("approximation_gap", "amortization_gap"):
+        assert record[f"eval/{gap}"] >= -3 * record[f"eval/{gap}_stderr"], gap
+    assert record["eval/log_px_best"] == max(record["eval/log_px"], record["eval/log_px_ais"])
+    assert record["eval/num_points"] == 60 and "eval/log_px_exact" not in record
+
+    other = main([f"run_dir={digits_run}", *QUICK, "eval.qstar_family=full_cov"])
+    assert other["qstar_init"] == "prior"  # another family cannot start at the encoder
+    metrics = read_metrics(digits_run)
+    assert metrics["eval/elbo_qstar"] == record["eval/elbo_qstar"]  # the run's own stays
+    assert math.isfinite(metrics["eval/elbo_qstar_full_cov"])
+    assert "eval/approximation_gap_full_cov" in metrics
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("eval.split=bogus", "eval.split=bogus is invalid: must be one of train, val, test"),
+        ("eval.nope=1", "eval.nope=1 is invalid: the run's config has no key eval.nope"),
+        ("eval.qstar_family=nope", "eval.qstar_family=nope is invalid: must be one of ["),
+    ],
+)
+def test_bad_option_is_one_line(digits_run, argument, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"run_dir={digits_run}", argument])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {expected}")
+
+
+def test_bad_checkpoint_is_one_line(digits_run, tmp_path, capsys):
+    corrupt = digits_run / "checkpoints" / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit):
+        main([f"ckpt_path={corrupt}"])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: ckpt_path={corrupt} is not a checkpoint of this run's model")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_is_one_line_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_lab.evaluate", f"ckpt_path={tmp_path}/nope.ckpt"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"error: ckpt_path={tmp_path}/nope.ckpt is not a file"
+    ]
+
+
+def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
+    """The acceptance check: a full-covariance q on probabilistic PCA has no approximation gap,
+    and the run's IW test/log_px agrees with the exact log p(x) of the decoder as trained."""
+    overrides = [
+        "data=linear_gaussian", "likelihood=gaussian", "posterior=full_cov", "model=linear",
+        "latent_dim=4", "data.data_dim=12", "data.num_train=2000", "data.num_test=300",
+        "trainer.max_epochs=20", "optim.lr=0.01", "trainer.limit_train_batches=null",
+        "trainer.limit_test_batches=null", "eval.num_samples=5000", "eval.chunk_size=1000",
+    ]  # fmt: skip
+    run_dir = train(tmp_path / "run", overrides)
+    record = main([f"run_dir={run_dir}", "eval.gap_points=null", *QUICK[1:-1]])  # q* converges
+    metrics = read_metrics(run_dir)
+    assert record["eval/num_points"] == 300 and record["gap_reference"] == "exact"
+    assert -3 * record["eval/approximation_gap_stderr"] < record["eval/approximation_gap"] < 0.05
+    tolerance = 3 * metrics["test/log_px_stderr"]
+    assert abs(metrics["test/log_px"] - metrics["eval/log_px_exact"]) < tolerance

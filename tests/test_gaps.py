@@ -1,0 +1,147 @@
+"""q* and the gap split: exact on a known linear-Gaussian model; q* beats the encoder on a
+trained digits model for every family; the batched optimisation is a loop over datapoints."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from tests.conftest import CONF_DIR, compose_config
+from tests.test_linear_gaussian import exact_diagonal_kl, known_ppca_vae
+from vae_lab.build import build_datamodule, build_model, build_trainer
+from vae_lab.gaps import (
+    Estimate,
+    Figure,
+    QStarFit,
+    QStarSettings,
+    elbo_estimate,
+    fit_qstar,
+    prior_theta,
+)
+from vae_lab.module import VAE
+
+FAST_FAMILIES = ("gaussian", "full_cov", "flow")
+FAMILIES = sorted(p.stem for p in (CONF_DIR / "posterior").glob("*.yaml"))
+
+
+def fit(model: VAE, x: torch.Tensor, theta0: torch.Tensor, settings: QStarSettings) -> QStarFit:
+    return fit_qstar(model.posterior, model.p_z(), model.log_likelihood(x), theta0, settings)
+
+
+def elbo_of(model: VAE, x: torch.Tensor, q, num_samples: int = 2000) -> Estimate:
+    with torch.inference_mode():
+        return elbo_estimate(q, model.p_z(), model.log_likelihood(x), num_samples, 500)
+
+
+def encoder_theta(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.posterior(model.encoder(x))
+
+
+@pytest.mark.parametrize("init", ["encoder", pytest.param("prior", marks=pytest.mark.slow)])
+def test_full_covariance_qstar_is_the_true_posterior(init):
+    torch.manual_seed(0)
+    model, ppca, x = known_ppca_vae("full_cov", num_points=100)
+    settings = QStarSettings()
+    if init == "encoder":
+        theta0 = encoder_theta(model, x)
+    else:
+        theta0 = prior_theta(model.posterior, model.p_z(), x.shape[0], settings)
+    theta = fit(model, x, theta0, settings).theta
+    gap = (
+        Figure(float(ppca.marginal().log_prob(x.double()).mean()), 0.0)
+        - elbo_of(model, x, model.posterior.distribution(theta)).figure()
+    )
+    assert -3 * gap.stderr < gap.value < 0.05
+
+
+def test_diagonal_approximation_gap_is_the_exact_kl_to_the_posterior():
+    torch.manual_seed(0)
+    model, ppca, x = known_ppca_vae("gaussian", num_points=100)
+    theta = fit(model, x, encoder_theta(model, x), QStarSettings()).theta
+    elbo = elbo_of(model, x, model.posterior.distribution(theta)).figure()
+    gap = float(ppca.marginal().log_prob(x.double()).mean()) - elbo.value
+    assert gap == pytest.approx(exact_diagonal_kl(ppca), abs=0.05)
+
+
+def test_elbo_estimate_has_the_monte_carlo_variance_of_log_w():
+    torch.manual_seed(0)
+    model, _, x = known_ppca_vae("gaussian", num_points=3)
+    repeats = torch.stack([elbo_of(model, x, model.q(x), 50).value for _ in range(400)])
+    predicted = elbo_of(model, x, model.q(x), 50_000).variance * 1000  # Var of a 50-sample mean
+    torch.testing.assert_close(repeats.var(0), predicted, rtol=0.2, atol=0)
+
+
+def test_batched_qstar_equals_a_loop_over_datapoints_exactly():
+    """A deterministic objective (-KL(q || p(z)), analytic) from different starts: the batch
+    must give each datapoint what optimising it alone gives, step for step."""
+    model, _, x = known_ppca_vae("gaussian", num_points=4)
+    theta0 = encoder_theta(model, x) * torch.linspace(0.5, 2.0, 4)[:, None]
+    settings = QStarSettings(check_every=10, patience=1, num_decays=2)
+
+    def no_likelihood(z):
+        return z.new_zeros(z.shape[:-1])
+
+    def run(start):
+        return fit_qstar(model.posterior, model.p_z(), no_likelihood, start, settings)
+
+    batched = run(theta0)
+    alone = [run(theta0[i : i + 1]) for i in range(4)]
+    torch.testing.assert_close(batched.theta, torch.cat([a.theta for a in alone]))
+    assert batched.converged.all() and all(a.converged.all() for a in alone)
+    assert batched.steps == max(a.steps for a in alone)
+    assert len({a.steps for a in alone}) > 1  # the datapoints converged at different steps
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory) -> Callable[[str], tuple[VAE, torch.Tensor]]:
+    """posterior -> a digits VAE trained for two epochs, and 20 test points (cached)."""
+
+    @functools.cache
+    def train(posterior: str) -> tuple[VAE, torch.Tensor]:
+        cfg = compose_config(
+            [f"posterior={posterior}", "trainer.max_epochs=2", "trainer.limit_train_batches=null"]
+        )
+        torch.manual_seed(0)
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule.data_dim)
+        trainer = build_trainer(cfg, tmp_path_factory.mktemp(posterior), None)
+        trainer.fit(model, datamodule=datamodule)
+        return model.eval().requires_grad_(False), datamodule.splits[2][:20]
+
+    return train
+
+
+def test_batched_qstar_matches_a_loop_on_a_trained_model(trained_digits):
+    model, x = trained_digits("gaussian")
+    x = x[:3]
+    settings = QStarSettings(max_steps=200)
+    theta0 = encoder_theta(model, x)
+    torch.manual_seed(0)
+    batched = fit(model, x, theta0, settings).theta
+    alone = torch.cat(
+        [fit(model, x[i : i + 1], theta0[i : i + 1], settings).theta for i in range(3)]
+    )
+    both = torch.cat([batched, alone])
+    elbo = elbo_of(model, torch.cat([x, x]), model.posterior.distribution(both))
+    difference = elbo.value[:3] - elbo.value[3:]
+    stderr = (elbo.variance[:3] + elbo.variance[3:]).sqrt()
+    assert (difference.abs() < 0.05 + 4 * stderr).all()
+
+
+@pytest.mark.parametrize(
+    "family",
+    [f if f in FAST_FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES],
+)
+def test_qstar_is_at_least_as_good_as_the_encoder(family, trained_digits):
+    model, x = trained_digits(family)
+    torch.manual_seed(0)
+    theta0 = encoder_theta(model, x)
+    theta = fit(model, x, theta0, QStarSettings(max_steps=200)).theta
+    elbo_q = elbo_of(model, x, model.posterior.distribution(theta0), 500).figure()
+    elbo_qstar = elbo_of(model, x, model.posterior.distribution(theta), 500).figure()
+    gain = elbo_qstar - elbo_q
+    assert gain.value > -3 * gain.stderr

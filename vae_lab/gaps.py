@@ -1,0 +1,187 @@
+"""The inference-gap split of Cremer, Li & Duvenaud (2018), "Inference Suboptimality in
+Variational Autoencoders":
+
+    log p(x) - ELBO(q) = [log p(x) - ELBO(q*)] + [ELBO(q*) - ELBO(q)]
+                          approximation gap      amortization gap
+
+q = q(z|x; theta(x)) is the encoder's posterior and q* = q(z|x; theta*_x) the best member of
+the same family for this x: theta*_x = argmax_theta ELBO(x; theta) with the decoder and the
+prior frozen. Every family builds q from a flat vector theta (``PosteriorFamily.distribution``),
+flows included, so q* is found by optimising free per-datapoint parameters theta [N, P]. All
+datapoints are optimised at once: the objective is the sum of the per-datapoint ELBOs, so each
+row of theta receives the gradient of its own ELBO only, and Adam's update is elementwise, so
+the batch is N independent optimisations run side by side.
+
+Convergence is tested per datapoint: the ELBO averaged over a window of ``check_every`` steps
+is compared with the best window so far; after ``patience`` windows without an improvement of
+``tol`` nats the datapoint's step size is halved, and at the first such plateau after
+``num_decays`` halvings the datapoint is frozen (converged). The loop ends when all are
+frozen or after ``max_steps``.
+The shrinking step size lets Adam settle closer to the optimum than its noise floor at the
+initial step size.
+
+For a family other than the run's own, or on request, theta starts from the prior: the one
+theta_0 = argmax_theta -KL(q_theta || p(z)) found by the same optimiser (an ELBO without a
+likelihood term), from the family's head bias.
+
+ELBOs are reported as the mean of log w = log p(x, z) - log q(z|x) over S samples with Monte
+Carlo variance Var[log w] / S; a dataset figure is the mean over N datapoints with standard
+error sqrt(sum_i Var_i) / N, as for test/log_px, and the standard error of a difference of
+independent estimates adds in quadrature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+from tqdm import trange
+
+from vae_lab.elbo import LogLikelihood, elbo_terms, log_importance_weights
+from vae_lab.posteriors import PosteriorFamily
+
+
+@dataclass
+class Estimate:
+    """Per-datapoint Monte Carlo estimates and their variances, each [N]."""
+
+    value: Tensor
+    variance: Tensor
+
+    @classmethod
+    def cat(cls, parts: list[Estimate]) -> Estimate:
+        return cls(torch.cat([p.value for p in parts]), torch.cat([p.variance for p in parts]))
+
+    def figure(self) -> Figure:
+        n = self.value.numel()
+        return Figure(
+            float(self.value.double().mean()), float(self.variance.double().sum().sqrt() / n)
+        )
+
+
+@dataclass
+class Figure:
+    """A dataset mean and its Monte Carlo standard error."""
+
+    value: float
+    stderr: float
+
+    def __sub__(self, other: Figure) -> Figure:
+        return Figure(self.value - other.value, math.hypot(self.stderr, other.stderr))
+
+
+def elbo_estimate(
+    q: Distribution,
+    prior: Distribution,
+    log_likelihood: LogLikelihood,
+    num_samples: int,
+    chunk_size: int,
+) -> Estimate:
+    """ELBO(x) = E_q[log w] from ``num_samples`` samples drawn ``chunk_size`` at a time."""
+    total = total_sq = 0.0
+    done = 0
+    while done < num_samples:
+        n = min(chunk_size, num_samples - done)
+        log_w = log_importance_weights(q, prior, log_likelihood, n)[0].double()
+        total = total + log_w.sum(0)
+        total_sq = total_sq + (log_w**2).sum(0)
+        done += n
+    mean = total / num_samples
+    sample_var = (total_sq / num_samples - mean**2).clamp_min(0.0) * num_samples
+    return Estimate(mean, sample_var / max(num_samples - 1, 1) / num_samples)
+
+
+def gap_split(log_px: Figure, elbo_qstar: Figure, elbo_q: Figure) -> dict[str, Figure]:
+    return {
+        "approximation_gap": log_px - elbo_qstar,
+        "amortization_gap": elbo_qstar - elbo_q,
+        "inference_gap": log_px - elbo_q,
+    }
+
+
+@dataclass
+class QStarSettings:
+    lr: float = 1e-2  # Adam's initial step size
+    num_samples: int = 10  # samples of z per datapoint per step
+    max_steps: int = 5000
+    check_every: int = 50  # steps per convergence window
+    patience: int = 2  # windows without improvement before the step size is halved
+    num_decays: int = 4  # halvings before a datapoint is frozen
+    tol: float = 1e-3  # nats: the improvement that counts
+
+
+@dataclass
+class QStarFit:
+    theta: Tensor  # theta*, [N, P]
+    steps: int  # iterations run
+    converged: Tensor  # which datapoints met the convergence test, [N] bool
+
+
+def fit_qstar(
+    family: PosteriorFamily,
+    prior: Distribution,
+    log_likelihood: LogLikelihood,
+    theta0: Tensor,
+    settings: QStarSettings,
+    progress: bool = False,
+) -> QStarFit:
+    """theta* = argmax_theta ELBO(x; theta) for every datapoint of the batch, from theta0 [N, P].
+
+    ``log_likelihood`` maps z [S, N, D] to log p(x|z) [S, N]; only theta is differentiated.
+    """
+    theta = theta0.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([theta], lr=settings.lr)
+    num_points = theta.shape[0]
+    rate = torch.ones(num_points, dtype=theta.dtype, device=theta.device)  # 0 once frozen
+    best = torch.full((num_points,), -math.inf, dtype=torch.float64, device=theta.device)
+    stalls = torch.zeros(num_points, dtype=torch.long, device=theta.device)
+    decays = torch.zeros_like(stalls)
+    window = torch.zeros_like(best)
+    bar = trange(settings.max_steps, desc="q*", disable=not progress, leave=False)
+    for step in bar:
+        with torch.enable_grad():
+            elbo = elbo_terms(
+                family.distribution(theta), prior, log_likelihood, settings.num_samples
+            ).elbo
+            (grad,) = torch.autograd.grad(-elbo.sum(), theta)
+        before = theta.detach().clone()
+        theta.grad = grad
+        optimizer.step()
+        with torch.no_grad():
+            theta.copy_(before + rate[:, None] * (theta - before))
+        window += elbo.detach().double()
+        if (step + 1) % settings.check_every:
+            continue
+        window /= settings.check_every
+        improved = window > best + settings.tol
+        best = torch.where(improved, window, best)
+        stalls = torch.where(improved, 0, stalls + 1)
+        plateau = (stalls >= settings.patience) & (rate > 0)
+        freeze = plateau & (decays >= settings.num_decays)
+        halve = plateau & ~freeze
+        rate = torch.where(freeze, 0.0, torch.where(halve, rate / 2, rate))
+        decays += halve
+        stalls[plateau] = 0
+        window.zero_()
+        frozen = int((rate == 0).sum())
+        bar.set_postfix(converged=f"{frozen}/{num_points}")
+        if frozen == num_points:
+            break
+    return QStarFit(theta.detach(), step + 1, rate == 0)
+
+
+def prior_theta(
+    family: PosteriorFamily, prior: Distribution, num_points: int, settings: QStarSettings
+) -> Tensor:
+    """theta_0 = argmax_theta -KL(q_theta || p(z)), the family member closest to the prior,
+    repeated for ``num_points`` datapoints, [N, P]."""
+    start = family.head.bias.detach()[None]
+
+    def no_likelihood(z: Tensor) -> Tensor:
+        return z.new_zeros(z.shape[:-1])
+
+    fit = fit_qstar(family, prior, no_likelihood, start, settings)
+    return fit.theta.expand(num_points, -1)
