@@ -26,45 +26,35 @@ def base_encoder(family: type[nn.Module], data_dim: int, latent_dim: int):
     return lambda u: posterior.base_distribution(posterior(net(u)))
 
 
-def test_mixture_log_prob_is_log_sum_exp_over_components(monkeypatch):
+@pytest.mark.parametrize("spread", ["wide", "narrow"])
+def test_mixture_log_prob_is_log_sum_exp_over_components(spread, monkeypatch):
     torch.manual_seed(0)
     prior = MixtureOfGaussians(latent_dim=3, data_dim=DATA_DIM, num_components=7)
     with torch.no_grad():
         prior.logits.normal_()
-        prior.log_scale.normal_(0.0, 0.5)
-    z = 2 * torch.randn(40, 5, 3)
+        prior.loc.mul_(3.0)
+        prior.log_scale.normal_(0.0, 0.5).add_(math.log(1e-3) if spread == "narrow" else 0.0)
+        scale = prior.log_scale.exp()
+        # z near the components, where the log-sum-exp is dominated by the nearest one
+        z = prior.loc[torch.randint(7, (40, 5))] + scale.mean() * torch.randn(40, 5, 3)
     monkeypatch.setattr(LatentMixture, "max_elements", 7 * 3 * 16)  # 13 chunks of 16 rows
     log_p = prior(base_encoder(DiagonalGaussian, DATA_DIM, 3)).log_prob(z)
 
-    z_k = z.unsqueeze(-2)  # [40, 5, 1, 3] against the components [7, 3]
-    log_components = Normal(prior.loc, prior.log_scale.exp()).log_prob(z_k).sum(-1)
-    expected = torch.logsumexp(torch.log_softmax(prior.logits, 0) + log_components, dim=-1)
-    assert log_p.shape == (40, 5)
-    torch.testing.assert_close(log_p, expected)
-
-
-def test_mixture_log_prob_stays_exact_for_narrow_components():
-    # sigma = e^-6: precisions of 1.6e5, where expanding |z - mu|^2 in float32 loses nats
-    torch.manual_seed(0)
-    prior = MixtureOfGaussians(latent_dim=50, data_dim=DATA_DIM, num_components=4)
-    with torch.no_grad():
-        prior.log_scale.fill_(-6.0)
-        prior.loc.mul_(3.0)
-    z = prior.loc[torch.arange(32) % 4] + 0.003 * torch.randn(32, 50)
-    log_p = prior(base_encoder(DiagonalGaussian, DATA_DIM, 50)).log_prob(z)
-    log_components = Normal(prior.loc.double(), prior.log_scale.double().exp()).log_prob(
-        z.double().unsqueeze(-2)
-    ).sum(-1)
-    expected = torch.logsumexp(log_components - math.log(4), dim=-1)
+    z_k = z.double().unsqueeze(-2)  # [40, 5, 1, 3] against the components [7, 3]
+    log_components = Normal(prior.loc.double(), scale.double()).log_prob(z_k).sum(-1)
+    log_weights = torch.log_softmax(prior.logits.double(), 0)
+    expected = torch.logsumexp(log_weights + log_components, dim=-1)
+    assert log_p.shape == (40, 5) and log_p.dtype == torch.float32
     torch.testing.assert_close(log_p.double(), expected, rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", [DiagonalGaussian, FullCovGaussian])
-def test_vamp_log_prob_is_the_mean_of_the_pseudo_inputs_encoded_bases(family):
+def test_vamp_log_prob_is_the_mean_of_the_pseudo_inputs_encoded_bases(family, monkeypatch):
     torch.manual_seed(0)
     prior = VampPrior(3, DATA_DIM, num_components=6, init="random")
     encode_base = base_encoder(family, DATA_DIM, 3)
     z = torch.randn(4, 5, 3)
+    monkeypatch.setattr(LatentMixture, "max_elements", 6 * 3 * 4)  # 5 chunks of 4 rows
     bases = encode_base(prior.pseudo_inputs)  # batch shape [6]
     expected = torch.logsumexp(bases.log_prob(z.unsqueeze(-2)), dim=-1) - math.log(6)
     torch.testing.assert_close(prior(encode_base).log_prob(z), expected)
@@ -90,7 +80,7 @@ PRIORS = {
 def test_prior_integrates_to_one_on_a_2d_grid(name, family):
     torch.manual_seed(0)
     prior = PRIORS[name]()
-    axis = torch.linspace(-10, 10, 801)
+    axis = torch.linspace(-10, 10, 401)
     step = float(axis[1] - axis[0])
     grid = torch.cartesian_prod(axis, axis)
     with torch.no_grad():
