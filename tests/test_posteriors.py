@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from tests.conftest import compose_config
-from tests.test_flows import per_point_jacobians
+from tests.test_flows import per_point_jacobians, single_thread  # noqa: F401 (autouse)
 from vae_lab.elbo import analytic_kl, elbo_terms, rsample_with_log_prob
 from vae_lab.likelihoods import BernoulliLikelihood
 from vae_lab.networks import mlp_networks

@@ -18,13 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import (
-    Distribution,
-    Independent,
-    Transform,
-    TransformedDistribution,
-    constraints,
-)
+from torch.distributions import Independent, Transform, TransformedDistribution, constraints
 
 from vae_lab.posteriors.base import PosteriorFamily
 from vae_lab.posteriors.gaussian import diagonal_gaussian
@@ -51,14 +45,11 @@ class FlowTransform(Transform):
         return self.forward_and_log_det(x)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.forward_and_log_det(x)[1]
+        return self.forward_and_log_det(x)[1]  # a second forward pass; sampling needs none
 
 
 class FlowDistribution(TransformedDistribution):
-    """q(zK|x): a base distribution pushed through ``FlowTransform``s."""
-
-    def __init__(self, base: Distribution, transforms: list[FlowTransform]) -> None:
-        super().__init__(base, transforms)
+    """q(zK|x): a base distribution pushed through ``FlowTransform``s (``transforms``)."""
 
     def rsample_and_log_prob(self, sample_shape: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
         """Reparameterised zK [*sample_shape, B, D] and log q(zK|x) [*sample_shape, B]."""

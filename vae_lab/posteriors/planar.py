@@ -11,7 +11,7 @@ f is invertible iff w^T u_hat >= -1 (Appendix A), which the reparameterisation
 
 guarantees for any raw u, w. Rezende & Mohamed take m(a) = -1 + softplus(a). We use
 
-    m(a) = -1 + delta + softplus(a + c),   c = log(e^(1 - delta) - 1),  delta = ``MIN_SLOPE``,
+    m(a) = -1 + delta + softplus(a + c),  c = log(e^(1 - delta) - 1),  delta = ``MIN_SLOPE``,
 
 which differs in two small ways: m(0) = 0, so u = 0 gives the identity layer (the layer starts
 near it) and w = 0 a pure shift instead of 0/0; and m > -1 + delta, so that w^T u_hat stays
@@ -19,7 +19,8 @@ above -1 in floating point too (with delta = 0, m rounds to -1 for w^T u below a
 every layer is strictly monotone along w and log |det| >= log delta.
 
 The inverse has no closed form: s = w^T z + b solves s + m tanh(s) = w^T y + b (strictly
-increasing in s), found by bisection, and then z = y - u_hat tanh(s).
+increasing in s), found numerically (``residual.solve_tanh_residual``), then
+z = y - u_hat tanh(s).
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vae_lab.posteriors.flow import FlowLayer, FlowPosterior, FlowTransform, near_identity_
-from vae_lab.posteriors.residual import solve_tanh_residual
+from vae_lab.posteriors.residual import MIN_SLOPE, solve_tanh_residual
 
-MIN_SLOPE = 1e-3
 _M_SHIFT = math.log(math.exp(1.0 - MIN_SLOPE) - 1.0)  # softplus(_M_SHIFT) = 1 - delta: m(0) = 0
 
 

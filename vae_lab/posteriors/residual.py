@@ -19,6 +19,9 @@ import torch
 from torch import Tensor
 
 MAX_STEPS = 100
+#: lower bound on g' that planar and Sylvester layers keep, so that they stay strictly invertible
+#: in floating point too and each coordinate's log |det| term is >= log MIN_SLOPE
+MIN_SLOPE = 1e-3
 
 
 def solve_tanh_residual(

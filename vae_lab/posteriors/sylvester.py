@@ -8,14 +8,17 @@ of a triangular matrix:
     log |det df/dz| = sum_i log |1 + h'((R~ Q^T z + b)_i) R_ii R~_ii|.
 
 Q is a product of ``num_householder`` Householder reflections I - 2 v v^T / ||v||^2 (the paper's
-H-SNF), exactly orthogonal for any raw v. The diagonals are R_ii = tanh(.), R~_ii = tanh(.),
-so R_ii R~_ii > -1 >= -1 / sup h', which makes f invertible. Every entry of Q, R, R~ and b
-comes from the encoder (theta); the layer has no shared weights. R starts near 0, so the
-layer starts near the identity.
+H-SNF), exactly orthogonal for any raw v. The diagonals are R~_ii = tanh(.) as in the paper
+and R_ii = (1 - delta) tanh(.), delta = ``MIN_SLOPE``, so R_ii R~_ii > -(1 - delta): above the
+paper's bound -1 / sup h' = -1 by a margin that keeps f strictly invertible in floating point
+too (tanh rounds to +-1 from |x| ~ 9 in float32) and each log |det| term >= log delta.
+Every entry of Q, R, R~ and b comes from the encoder (theta); the layer has no shared
+weights. R starts near 0, so the layer starts near the identity.
 
 The inverse has no closed form: with v = Q^T z, Q^T y = v + R h(R~ v + b) is upper triangular
 in v, solved by back substitution from the last coordinate, each step a scalar
-v_i + R_ii h(R~_ii v_i + e_i) = r_i (strictly increasing) solved by bisection; then z = Q v.
+v_i + R_ii h(R~_ii v_i + e_i) = r_i (strictly increasing) solved numerically
+(``residual.solve_tanh_residual``); then z = Q v.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from torch import Tensor
 
 from vae_lab.posteriors.flow import FlowLayer, FlowPosterior, FlowTransform, near_identity_
-from vae_lab.posteriors.residual import solve_tanh_residual
+from vae_lab.posteriors.residual import MIN_SLOPE, solve_tanh_residual
 
 
 def _matvec(matrix: Tensor, x: Tensor) -> Tensor:
@@ -90,16 +93,17 @@ class SylvesterLayer(FlowLayer):
         self.num_params = sum(self.sizes)
         self.register_buffer("upper_index", torch.triu_indices(latent_dim, latent_dim, 1))
 
-    def _triangular(self, raw_diag: Tensor, upper: Tensor) -> Tensor:
-        matrix = torch.diag_embed(torch.tanh(raw_diag))
+    def _triangular(self, diag: Tensor, upper: Tensor) -> Tensor:
+        matrix = torch.diag_embed(diag)
         matrix[..., self.upper_index[0], self.upper_index[1]] = upper
         return matrix
 
     def forward(self, params: Tensor) -> SylvesterTransform:
         r_diag, r_upper, rt_diag, rt_upper, b, v = params.split(self.sizes, dim=-1)
         q = householder_product(v.unflatten(-1, (self.num_householder, self.latent_dim)))
-        r = self._triangular(r_diag, r_upper)
-        return SylvesterTransform(q, r, self._triangular(rt_diag, rt_upper), b)
+        r = self._triangular((1.0 - MIN_SLOPE) * torch.tanh(r_diag), r_upper)
+        r_tilde = self._triangular(torch.tanh(rt_diag), rt_upper)
+        return SylvesterTransform(q, r, r_tilde, b)
 
     def init_head(self, weight: Tensor, bias: Tensor) -> None:
         rows = slice(0, self.sizes[0] + self.sizes[1])  # R ~ 0
