@@ -26,19 +26,19 @@ from torch.distributions import (
 
 from vae_lab.posteriors.base import PosteriorFamily
 from vae_lab.posteriors.gaussian import MIN_SCALE
+from vae_lab.posteriors.triangular import Triangular
 
 
 class FullCovGaussian(PosteriorFamily):
     def __init__(self, feature_dim: int, latent_dim: int) -> None:
         num_offdiag = latent_dim * (latent_dim - 1) // 2
         super().__init__(feature_dim, latent_dim, 2 * latent_dim + num_offdiag)
-        self.register_buffer("tril_index", torch.tril_indices(latent_dim, latent_dim, -1))
+        self.lower = Triangular(latent_dim, upper=False)
 
     def distribution(self, params: Tensor) -> Distribution:
         d = self.latent_dim
         loc, raw_diag, offdiag = params.split([d, d, params.shape[-1] - 2 * d], dim=-1)
-        scale_tril = torch.diag_embed(F.softplus(raw_diag) + MIN_SCALE)
-        scale_tril[..., self.tril_index[0], self.tril_index[1]] = offdiag
+        scale_tril = self.lower(F.softplus(raw_diag) + MIN_SCALE, offdiag)
         return MultivariateNormal(loc, scale_tril=scale_tril)
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from vae_lab.posteriors.flow import FlowLayer, FlowPosterior, FlowTransform, near_identity_
 from vae_lab.posteriors.residual import MIN_SLOPE, solve_tanh_residual
+from vae_lab.posteriors.triangular import Triangular
 
 
 def _matvec(matrix: Tensor, x: Tensor) -> Tensor:
@@ -91,18 +92,13 @@ class SylvesterLayer(FlowLayer):
             num_householder * latent_dim,
         ]
         self.num_params = sum(self.sizes)
-        self.register_buffer("upper_index", torch.triu_indices(latent_dim, latent_dim, 1))
-
-    def _triangular(self, diag: Tensor, upper: Tensor) -> Tensor:
-        matrix = torch.diag_embed(diag)
-        matrix[..., self.upper_index[0], self.upper_index[1]] = upper
-        return matrix
+        self.triangular = Triangular(latent_dim, upper=True)
 
     def forward(self, params: Tensor) -> SylvesterTransform:
         r_diag, r_upper, rt_diag, rt_upper, b, v = params.split(self.sizes, dim=-1)
         q = householder_product(v.unflatten(-1, (self.num_householder, self.latent_dim)))
-        r = self._triangular((1.0 - MIN_SLOPE) * torch.tanh(r_diag), r_upper)
-        r_tilde = self._triangular(torch.tanh(rt_diag), rt_upper)
+        r = self.triangular((1.0 - MIN_SLOPE) * torch.tanh(r_diag), r_upper)
+        r_tilde = self.triangular(torch.tanh(rt_diag), rt_upper)
         return SylvesterTransform(q, r, r_tilde, b)
 
     def init_head(self, weight: Tensor, bias: Tensor) -> None:
