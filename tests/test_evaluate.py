@@ -92,6 +92,22 @@ def test_bad_checkpoint_is_one_line(digits_run, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("ckpt_path={tmp}/nope.ckpt", "ckpt_path={tmp}/nope.ckpt is not a file"),
+        ("run_dir={tmp}", "run_dir={tmp} has no checkpoints/best.ckpt"),
+        ("eval.num_samples=10", "give ckpt_path=PATH (a run's checkpoint) or run_dir=DIR"),
+    ],
+)
+def test_missing_run_is_one_line(argument, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([argument.format(tmp=tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {expected.format(tmp=tmp_path)}")
+
+
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_line_from_the_command_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vae_lab.evaluate", f"ckpt_path={tmp_path}/nope.ckpt"],
@@ -108,8 +124,8 @@ def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
     and the run's IW test/log_px agrees with the exact log p(x) of the decoder as trained."""
     overrides = [
         "data=linear_gaussian", "likelihood=gaussian", "posterior=full_cov", "model=linear",
-        "latent_dim=4", "data.data_dim=12", "data.num_train=2000", "data.num_test=300",
-        "trainer.max_epochs=20", "optim.lr=0.01", "trainer.limit_train_batches=null",
+        "latent_dim=4", "data.num_train=2000", "data.num_test=300", "trainer.max_epochs=20",
+        "optim.lr=0.01", "trainer.limit_train_batches=null",
         "trainer.limit_test_batches=null", "eval.num_samples=5000", "eval.chunk_size=1000",
     ]  # fmt: skip
     run_dir = train(tmp_path / "run", overrides)

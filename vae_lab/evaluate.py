@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from torch.distributions import Distribution
 
 from vae_lab.ais import ais_log_px
 from vae_lab.build import build_datamodule, build_model
@@ -191,7 +192,7 @@ def evaluate_points(
         metrics["eval/ess"] = float(torch.cat([e.ess for e in iw]).mean())
     put(metrics, "log_px", log_px)
 
-    def elbo_over_batches(q_of: Any) -> Figure:  # q_of(slice) -> q for those datapoints
+    def elbo_over_batches(q_of: Callable[[slice], Distribution]) -> Figure:
         parts = [
             elbo_estimate(q_of(s), prior, model.log_likelihood(x[s]), k, chunk)
             for s in (slice(i, i + batch_size) for i in batches)

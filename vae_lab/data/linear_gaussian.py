@@ -97,9 +97,9 @@ class LinearGaussian(InMemoryDataModule):
 
     def __init__(
         self,
-        data_dim: int = 32,
+        data_dim: int = 8,
         latent_dim: int = 4,
-        noise_std: float = 0.5,
+        noise_std: float = 1.0,
         num_train: int = 5000,
         num_val: int = 1000,
         num_test: int = 1000,
