@@ -76,7 +76,7 @@ def test_failed_and_running_runs_are_listed(sweep):
         failed
         == "- `3` (full_cov, standard, digits, seed 1): FloatingPointError: training loss is nan"
     )
-    running = report.split("## Still running")[1].split("##")[0].strip()
+    running = report.split("## Still running")[1].split("##")[0].strip().split("\n\n")[1]
     assert running == "- `4` (flow, standard, digits, seed 0)"
 
 

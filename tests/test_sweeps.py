@@ -1,4 +1,5 @@
-"""Sweeps as a user runs them: ``python -m vae_lab.run -m ...`` in a subprocess, shrunk.
+"""Sweeps as a user runs them: ``python -m vae_lab.run -m ...`` in a subprocess, shrunk;
+the SLURM launcher up to its sbatch script; the experiment presets and their schedule.
 
 Each launcher runs a 2 x 2 grid to four completed runs that the report turns into a table and
 plots; a job made to fail (NaN) is recorded as failed while the others complete. Jobs run with
@@ -14,11 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import HydraContext, RunMode
+from hydra.utils import instantiate
 from matplotlib.image import imread
 
-from tests.conftest import REPO, SHRINK
+from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config
 from vae_lab.outputs import read_metrics
 from vae_lab.report.plots import DPI, WIDTH, figure_height
+from vae_lab.schedules import IWAESchedule
 
 GRID = ["posterior=gaussian,full_cov", "seed=0,1"]
 
@@ -145,3 +151,85 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [m["status"] for m in job_metrics(sweep_dir)] == ["completed", "completed"]
     assert list((sweep_dir / ".submitit").glob("*/*_log.out"))  # ran through submitit
+
+
+def test_slurm_launcher_puts_the_cluster_knobs_into_the_sbatch_script(tmp_path, monkeypatch):
+    """The real SlurmLauncher up to `sbatch`, which a stand-in copies and refuses."""
+    bin_dir, script = tmp_path / "bin", tmp_path / "sbatch_script.sh"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {script}\necho no cluster >&2\nexit 1\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    knobs = [
+        "partition=gpu",
+        "timeout_min=720",
+        "nodes=2",
+        "gpus_per_node=4",
+        "tasks_per_node=4",
+        "cpus_per_task=8",
+        "mem_gb=64",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "hydra/launcher=slurm",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                *(f"hydra.launcher.{knob}" for knob in knobs),
+            ],
+            return_hydra_config=True,
+        )
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+        HydraConfig.instance().set_config(cfg)
+        launcher = instantiate(cfg.hydra.launcher)
+        launcher.setup(
+            hydra_context=HydraContext(config_loader=None, callbacks=None),
+            task_function=lambda _: None,
+            config=cfg,
+        )
+        with pytest.raises(Exception, match="no cluster"):
+            launcher.launch([["seed=0"]], initial_job_idx=0)
+    lines = set(script.read_text().splitlines())
+    expected = [
+        "--partition=gpu",
+        "--time=720",
+        "--nodes=2",
+        "--gpus-per-node=4",
+        "--ntasks-per-node=4",
+        "--cpus-per-task=8",
+        "--mem=64GB",
+        "--requeue",
+        "--signal=USR2@120",
+    ]  # requeue: preemption; USR2: submitit requeues
+    assert {f"#SBATCH {flag}" for flag in expected} <= lines
+
+
+def test_presets_compose_to_their_recipe():
+    gap = compose_config(["experiment=inference_gap"], shrink=False)
+    assert (gap.data._target_, gap.data.batch_size, gap.latent_dim) == (
+        "vae_lab.data.IDXImages",
+        100,
+        50,
+    )
+    assert list(gap.model.hidden) == [200, 200] and gap.model.activation == "tanh"
+    assert (gap.optim.lr, gap.optim.eps, gap.trainer.max_epochs) == (1e-3, 1e-4, 3280)
+    assert gap.callbacks.lr_schedule._target_ == "vae_lab.schedules.IWAESchedule"
+    quick = compose_config(["experiment=quick"], shrink=False)
+    assert quick.data._target_ == "vae_lab.data.Digits" and quick.optim.eps == 1e-4
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra = compose("config", ["experiment=quick"], return_hydra_config=True).hydra
+    grid = hydra.sweeper.params
+    for group in ("posterior", "prior"):  # every option the grid sweeps exists
+        for option in grid[group].split(","):
+            assert (CONF_DIR / group / f"{option}.yaml").exists(), (group, option)
+    assert hydra.mode == RunMode.MULTIRUN and grid.seed == "0,1"
+
+
+def test_iwae_schedule_stages():
+    stages = [IWAESchedule().stage(epoch) for epoch in range(3280)]
+    assert [stages.count(i) for i in range(8)] == [3**i for i in range(8)]  # 3,280 epochs
+    assert stages == sorted(stages) and IWAESchedule().stage(3280) == 8
+    assert IWAESchedule().decay ** 7 == pytest.approx(0.1)

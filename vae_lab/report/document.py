@@ -15,6 +15,9 @@ RUN_IMAGES = (
     ("prior_samples.png", "prior samples"),
 )
 
+RUNNING = "Still running (or stopped before recording how they ended)"
+UNREADABLE = "Unreadable metrics.json"
+
 
 def _run_name(run: Run, out_dir: Path) -> str:
     return f"`{os.path.relpath(run.folder, out_dir)}`"
@@ -64,8 +67,8 @@ def render(runs: Sequence[Run], table: Sequence[Cell], plots: Sequence[Path], ou
         markdown_table(table, shown_metrics(runs)),
         "",
         *_listing("Failed runs", with_status(runs, "failed"), out_dir, with_error=True),
-        *_listing("Still running", with_status(runs, "running"), out_dir, with_error=False),
-        *_listing("Unreadable metrics.json", with_status(runs, "unreadable"), out_dir, True),
+        *_listing(RUNNING, with_status(runs, "running"), out_dir, with_error=False),
+        *_listing(UNREADABLE, with_status(runs, "unreadable"), out_dir, with_error=True),
         "## Plots",
         "",
         *(f"![{plot.stem}]({os.path.relpath(plot, out_dir)})" for plot in plots),
