@@ -64,7 +64,7 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
     metrics = read_metrics(digits_run)
     assert metrics["eval/elbo_qstar"] == record["eval/elbo_qstar"]  # the run's own stays
     assert math.isfinite(metrics["eval/elbo_qstar_full_cov"])
-    assert "eval/approximation_gap_full_cov" in metrics
+    assert "eval/approximation_gap_full_cov" in metrics and "eval/time_qstar_full_cov_s" in metrics
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ seeded by ``eval.seed``, it runs these stages, each timed (``eval/time_<stage>_s
 The gaps are measured from the exact log p(x) when it is known, else from the better of the
 IW and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family other
 than the run's own, the q* figures are named ``eval/elbo_qstar_<family>``,
-``eval/approximation_gap_<family>``, ... so they sit beside the run's own in metrics.json.
+``eval/approximation_gap_<family>``, ``eval/time_qstar_<family>_s``, ... so they sit beside
+the run's own in metrics.json (the other figures are recomputed and overwritten).
 
 Writes ``eval.json`` in the run folder, merges its ``eval/*`` metrics into ``metrics.json`` and
 adds them to the run's W&B run if it had one. This module composes the pieces; the maths is
@@ -220,7 +221,7 @@ def evaluate_points(
         lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps, tol=ev.qstar_tol
     )
     init = ev.qstar_init if family is model.posterior else "prior"
-    with timed(metrics, "qstar"):
+    with timed(metrics, f"qstar{suffix}"):
         with torch.no_grad():
             if init == "encoder":
                 theta0 = model.posterior(model.encoder(x))
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(2)
     for key, value in record.items():
         if key.startswith("eval/"):
-            print(f"{key:36s} {value:.4f}")
+            print(f"{key:40s} {value:.4f}")
     print(f"written: {Path(record['run_dir']) / EVAL_FILE}")
     return record
 
