@@ -47,10 +47,11 @@ def _run_cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
         ("latent_dim=-1", "latent_dim=-1 is invalid: must be a positive integer"),
         ("eval.num_samples=0", "eval.num_samples=0 is invalid: must be a positive integer (K of the IW estimate)"),
         ("optim.lr=-0.1", "optim.lr=-0.1 is invalid: must be a positive number"),
+        ("prior=vamp prior.init=pixels", "prior.init=pixels is invalid: must be data or random"),
     ],
 )
 def test_invalid_value_is_one_line_before_training(override, expected, tmp_path):
-    result = _run_cli(override, tmp_path=tmp_path)
+    result = _run_cli(*override.split(), tmp_path=tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == f"error: {expected}"
     assert "Traceback" not in result.stderr
