@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EVAL_FILE = "eval.json"
 SPLITS = ("train", "val", "test")
+_MISSING = object()
 
 
 # -- the run: where it is, its config, its data and model -----------------------------------
@@ -114,7 +115,7 @@ def load_config(run: Run) -> DictConfig:
     cfg = OmegaConf.merge({"eval": compose_default().eval}, saved)
     for override in run.overrides:
         key = override.split("=", 1)[0]
-        if OmegaConf.select(cfg, key, default=ConfigError) is ConfigError:
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
             raise ConfigError(f"{override} is invalid: the run's config has no key {key}")
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(run.overrides))
     validate(cfg)
