@@ -32,6 +32,7 @@ def build_model(cfg: DictConfig, data_dim: int) -> VAE:
         eval_num_samples=cfg.eval.num_samples,
         eval_chunk_size=cfg.eval.chunk_size,
         val_num_samples=cfg.eval.val_num_samples,
+        test_seed=cfg.seed,
     )
 
 
