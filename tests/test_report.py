@@ -98,6 +98,20 @@ def test_evaluated_gaps_get_columns_and_stacked_bars(sweep):
     assert rows(report)["gaussian"][-2:] == ["—", "—"]
 
 
+def test_a_metric_of_some_runs_only_says_its_n(sweep):
+    (sweep / "0" / "metrics.json").write_text(
+        json.dumps(
+            {
+                **json.loads((sweep / "0" / "metrics.json").read_text()),
+                "eval/approximation_gap": 1.0,
+                "eval/amortization_gap": 2.0,
+            }
+        )
+    )
+    write_report([sweep])
+    assert rows((sweep / "report.md").read_text())["gaussian"][-2:] == ["1.00 (n=1)", "2.00 (n=1)"]
+
+
 def test_run_images_are_linked_or_said_missing(sweep):
     imsave(sweep / "0" / "reconstructions.png", [[0.0, 1.0]], cmap="gray")
     write_report([sweep])

@@ -1,7 +1,8 @@
 """The report's numbers: per posterior x prior, mean ± standard deviation over seeds; the CSV.
 
 Only completed runs enter the statistics. The standard deviation is the sample one (n - 1);
-a cell with one run shows its value alone, a cell with none a dash.
+a cell with one run shows its value alone, a cell with none a dash, and a metric that only
+some of a cell's runs have (the eval/ gaps, before every run is evaluated) says its n.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ def shown_metrics(runs: Sequence[Run]) -> list[tuple[str, str]]:
     return [*METRICS[:ALWAYS_SHOWN], *optional]
 
 
+def _shown(stat: Stat | None, runs: int) -> str:
+    """A statistic for the table; with its n when only some of the runs have the metric."""
+    if stat is None:
+        return "—"
+    return str(stat) if stat.n == runs else f"{stat} (n={stat.n})"
+
+
 def markdown_table(table: Sequence[Cell], metrics: Sequence[tuple[str, str]]) -> str:
     """One row per cell: its options, the number of completed runs, mean ± sd per metric."""
     keys = ["data"] if several_datasets(table) else []
@@ -115,7 +123,7 @@ def markdown_table(table: Sequence[Cell], metrics: Sequence[tuple[str, str]]) ->
             cell.posterior,
             cell.prior,
             str(len(cell.completed)),
-            *("—" if stat is None else str(stat) for stat in stats),
+            *(_shown(stat, len(cell.completed)) for stat in stats),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
