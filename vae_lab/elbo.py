@@ -65,13 +65,17 @@ class ELBOTerms:
 def elbo_terms(
     q: Distribution, prior: Distribution, log_likelihood: LogLikelihood, num_samples: int = 1
 ) -> ELBOTerms:
-    """The reparameterised ELBO of each datapoint with ``num_samples`` samples of z."""
-    z, log_q = rsample_with_log_prob(q, num_samples)
-    recon = log_likelihood(z).mean(0)
+    """The reparameterised ELBO of each datapoint with ``num_samples`` samples of z.
+
+    log q(z|x) is computed only for the Monte Carlo KL: with an analytic KL it is not needed.
+    """
     kl = analytic_kl(q, prior)
     if kl is None:
+        z, log_q = rsample_with_log_prob(q, num_samples)
         kl = (log_q - prior.log_prob(z)).mean(0)
-    return ELBOTerms(recon=recon, kl=kl)
+    else:
+        z = q.rsample((num_samples,))
+    return ELBOTerms(recon=log_likelihood(z).mean(0), kl=kl)
 
 
 def log_importance_weights(

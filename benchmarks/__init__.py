@@ -1,0 +1,16 @@
+"""Speed benchmarks of vae_lab (``make bench``): ratios against references run in the same
+process, never absolute timings.
+
+Every benchmark uses the MNIST model of the IWAE papers (784-200-200-50 MLP, diagonal Gaussian
+q, N(0, I) prior, Bernoulli likelihood, batch 100) on real MNIST, built from the real Hydra
+config, and compares it with a reference doing the same work:
+
+    training  one epoch through the VAE LightningModule and Trainer vs a bare PyTorch loop
+    iw        the batched, chunked IW estimate of log p(x) vs per-datapoint loops, and the
+              decoder's achieved FLOP/s vs ``torch.matmul`` on the same shapes
+    memory    peak memory of the K = 5000 estimate vs K = 500
+    qstar     q* fitted to many datapoints at once vs one datapoint at a time
+    ais       AIS throughput in datapoint-chain-steps per second
+
+``benchmarks.run`` runs them, prints a table and writes ``bench.json``.
+"""

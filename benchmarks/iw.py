@@ -1,0 +1,163 @@
+"""IW evaluation: the batched, chunked estimate of log p(x) against per-datapoint loops.
+
+    ours            ``VAE.iw_estimate`` on batches of ``data.eval_batch_size`` datapoints, the K
+                    samples drawn ``eval.chunk_size`` per datapoint at a time: the path of the
+                    test stage and of ``vae_lab.evaluate``
+    library loop    the loop of other VAE libraries (pythae's ``VAE.get_nll`` with its batch
+                    size = K): per datapoint, x repeated K times through the encoder, z ~ q, the
+                    decoder, torch.distributions' ``Bernoulli.log_prob``, a logsumexp, ``.item()``
+    datapoint loop  our estimator called on one datapoint at a time, its K samples in one chunk:
+                    what batching over datapoints alone is worth
+
+Throughput is in datapoint-samples per second (datapoints x K / seconds); the loops run on fewer
+datapoints, as they cost the same per datapoint-sample. All run under ``torch.inference_mode``.
+
+The decoder costs 2 sum_l in_l out_l FLOPs per sample (its Linear layers); the peak is
+``torch.matmul`` timed on exactly those shapes, rows = chunk x batch. Their ratio, matmul time /
+our time for the same samples, is the share of the estimate spent in the decoder's matmuls, the
+part no implementation can avoid (goal >= 0.5).
+
+With ``compile``, ours is also run with the log-likelihood (decoder and Bernoulli log-density)
+wrapped in ``torch.compile``, which fuses the elementwise work; its first call (the compilation)
+is reported apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Independent
+
+from benchmarks.common import Bench, Goal, Result, interleaved, timed
+from vae_lab.elbo import iw_log_px
+from vae_lab.module import VAE
+
+
+@dataclass
+class Size:
+    num_samples: int = 5000  # K
+    points: int = 100  # datapoints of our batched estimate
+    loop_points: int = 8  # datapoints of each per-datapoint loop
+    matmul_passes: int = 10  # passes over the decoder's matmuls in the peak measurement
+    repeats: int = 3
+    compile: bool = True  # also measure ours with a torch.compile'd log-likelihood
+
+
+#: a size that runs in a second or two: checks the code, not the speed
+TINY = Size(num_samples=20, points=6, loop_points=2, matmul_passes=1, repeats=1, compile=False)
+
+
+def batched(model: VAE, x: Tensor, k: int, chunk: int, batch: int) -> None:
+    for start in range(0, x.shape[0], batch):
+        model.iw_estimate(x[start : start + batch], k, chunk)
+
+
+def compiled_batched(model: VAE, k: int, chunk: int, batch: int) -> Callable[[Tensor], None]:
+    log_likelihood = torch.compile(
+        lambda z, x: model.likelihood(model.decoder(z)).log_prob(x), dynamic=False
+    )
+
+    def estimate(x: Tensor) -> None:
+        for start in range(0, x.shape[0], batch):
+            xb = x[start : start + batch]
+            iw_log_px(model.q(xb), model.p_z(), lambda z, xb=xb: log_likelihood(z, xb), k, chunk)
+
+    return estimate
+
+
+def library_loop(model: VAE, x: Tensor, k: int) -> None:
+    """pythae's ``get_nll`` loop on our model's networks."""
+    for xi in x:
+        x_rep = xi.repeat(k, 1)
+        q = model.q(x_rep)
+        z = q.rsample()
+        log_px_z = Independent(Bernoulli(logits=model.decoder(z)), 1).log_prob(x_rep)
+        log_w = log_px_z + model.p_z().log_prob(z) - q.log_prob(z)
+        (torch.logsumexp(log_w, 0) - math.log(k)).item()
+
+
+def datapoint_loop(model: VAE, x: Tensor, k: int) -> None:
+    for i in range(x.shape[0]):
+        model.iw_estimate(x[i : i + 1], k, chunk_size=k)
+
+
+def decoder_layers(model: VAE) -> list[nn.Linear]:
+    return [m for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+
+
+def matmuls(layers: list[nn.Linear], rows: int, passes: int) -> Callable[[], None]:
+    """``passes`` x the decoder's matmuls on ``rows`` rows, without bias or activation."""
+    device = layers[0].weight.device
+    operands = [
+        (torch.randn(rows, m.in_features, device=device), m.weight.detach().T.contiguous())
+        for m in layers
+    ]
+
+    def run() -> None:
+        for _ in range(passes):
+            for a, w in operands:
+                torch.matmul(a, w)
+
+    return run
+
+
+def run(bench: Bench, size: Size) -> Result:
+    model = bench.model().eval()
+    k, chunk, batch = size.num_samples, bench.cfg.eval.chunk_size, bench.cfg.data.eval_batch_size
+    chunk = min(chunk, k)
+    x = bench.test_points(size.points)
+    loop_x = x[: size.loop_points]
+    layers = decoder_layers(model)
+    flops_per_sample = sum(2 * m.in_features * m.out_features for m in layers)
+    rows = chunk * min(batch, x.shape[0])
+    passes = size.matmul_passes
+    fns = {
+        "ours": lambda: batched(model, x, k, chunk, batch),
+        "library_loop": lambda: library_loop(model, loop_x, k),
+        "datapoint_loop": lambda: datapoint_loop(model, loop_x, k),
+        "matmul": matmuls(layers, rows, passes),
+    }
+    figures: dict[str, float | int | str | None] = {}
+    with torch.inference_mode():
+        if size.compile:
+            compiled = compiled_batched(model, k, chunk, batch)
+            figures["compile_first_call_s"] = timed(lambda: compiled(x[:batch]))
+            fns["ours_compiled"] = lambda: compiled(x)
+        seconds = interleaved(fns, size.repeats)
+
+    def rate(name: str, points: int) -> float:
+        return points * k / seconds[name]
+
+    ours = rate("ours", x.shape[0])
+    peak = passes * rows * flops_per_sample / seconds["matmul"]
+    figures.update(
+        {
+            "num_samples": k,
+            "chunk_size": chunk,
+            "batch_size": batch,
+            "points_ours": x.shape[0],
+            "points_loops": loop_x.shape[0],
+            "samples_per_s_ours": ours,
+            "samples_per_s_library_loop": rate("library_loop", loop_x.shape[0]),
+            "samples_per_s_datapoint_loop": rate("datapoint_loop", loop_x.shape[0]),
+            "speedup_vs_library_loop": ours / rate("library_loop", loop_x.shape[0]),
+            "speedup_vs_datapoint_loop": ours / rate("datapoint_loop", loop_x.shape[0]),
+            "decoder_gflop_per_sample": flops_per_sample / 1e9,
+            "matmul_peak_gflops": peak / 1e9,
+            "decoder_gflops_ours": ours * flops_per_sample / 1e9,
+            "fraction_of_matmul_peak": ours * flops_per_sample / peak,
+        }
+    )
+    if size.compile:
+        compiled_rate = rate("ours_compiled", x.shape[0])
+        figures["samples_per_s_ours_compiled"] = compiled_rate
+        figures["speedup_of_compile"] = compiled_rate / ours
+    return Result(
+        figures,
+        [Goal("speedup_vs_library_loop", ">=", 5.0), Goal("fraction_of_matmul_peak", ">=", 0.5)],
+        note=f"K={k}, chunk {chunk} x batch {batch}; medians of {size.repeats} interleaved runs",
+    )

@@ -1,0 +1,178 @@
+"""Training: one epoch through the VAE LightningModule and Lightning's Trainer, against a bare
+PyTorch loop of the same model over the same batches.
+
+Three loops over the same permutation of the training set (``BatchOrder``, seed + epoch 0),
+binarised on the device as the datamodule does, each from the same initial weights:
+
+    framework  ``trainer.fit`` of the VAE module with the config's Trainer and the datamodule
+    module     ``VAE.elbo`` and Adam in a plain loop: vae_lab's distributions, no Trainer
+    bare       hand-written PyTorch: the same ``nn.Module``s, the reparameterisation, the
+               analytic KL and BCE-with-logits written out, as one would without vae_lab
+
+``framework / bare`` is the goal (<= 1.10). ``framework / module`` is the Trainer's share of the
+cost and ``module / bare`` that of the distributions layer. The framework's epoch is timed from
+``on_train_epoch_start`` to ``on_train_epoch_end``; ``fit``'s one-off set-up is reported apart.
+Validation, checkpointing and the progress bar are off: they are not costs of a training step.
+The module and bare loops draw the same random numbers in the same order, so they end on the
+same loss (``same_loss``): evidence that the reference trains the same model.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import Tensor
+
+from benchmarks.common import Bench, Goal, Result, rounds, synchronize, timed
+from vae_lab.data.batches import BatchOrder
+from vae_lab.module import VAE
+from vae_lab.posteriors.gaussian import MIN_SCALE
+
+
+@dataclass
+class Size:
+    batches: int | None = None  # training steps per epoch; None = the whole training set
+    repeats: int = 3
+
+
+#: a size that runs in a second or two: checks the code, not the speed
+TINY = Size(batches=3, repeats=1)
+
+
+@dataclass
+class Epoch:
+    seconds: float
+    loss: float  # the last batch's loss (nan for the framework, whose loss is not kept)
+    fit_seconds: float = float("nan")  # trainer.fit as a whole, set-up included
+
+
+class EpochTimer(pl.Callback):
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize()
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize()
+        self.seconds = time.perf_counter() - self.start
+
+
+def framework_epoch(bench: Bench, size: Size) -> Epoch:
+    model = bench.model()
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = instantiate(
+            bench.cfg.trainer,
+            max_epochs=1,
+            limit_train_batches=size.batches,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            logger=False,
+            callbacks=[timer],
+            default_root_dir=run_dir,
+        )
+        fit_seconds = timed(lambda: trainer.fit(model, datamodule=bench.datamodule))
+    return Epoch(timer.seconds, float("nan"), fit_seconds)
+
+
+def epoch_batches(bench: Bench, size: Size) -> Iterator[Tensor]:
+    """The batches of the framework's first epoch, binarised afresh."""
+    train = bench.datamodule.splits[0]
+    order = BatchOrder(train.shape[0], bench.datamodule.batch_size, True, bench.cfg.seed)
+    for step, indices in enumerate(order):
+        if size.batches is not None and step >= size.batches:
+            return
+        x = train[indices.to(train.device)]
+        yield torch.bernoulli(x) if bench.datamodule.binarize else x
+
+
+def plain_epoch(
+    bench: Bench, size: Size, make_loss: Callable[[VAE], Callable[[Tensor], Tensor]]
+) -> Epoch:
+    """Adam on ``make_loss(model)(x)`` over the epoch's batches, without a Trainer."""
+    model = bench.model()
+    loss_of = make_loss(model)
+    optimizer = model.configure_optimizers()
+
+    def epoch() -> Tensor:
+        for x in epoch_batches(bench, size):
+            loss = loss_of(x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return loss.detach()
+
+    synchronize()
+    start = time.perf_counter()
+    loss = float(epoch())
+    return Epoch(time.perf_counter() - start, loss)
+
+
+def module_loss(model: VAE) -> Callable[[Tensor], Tensor]:
+    """The training step's loss, -ELBO, through the VAE module's distributions."""
+
+    def loss(x: Tensor) -> Tensor:
+        terms = model.elbo(x)
+        return -(terms.recon - terms.kl).mean()
+
+    return loss
+
+
+def bare_loss(model: VAE) -> Callable[[Tensor], Tensor]:
+    """The same -ELBO written out in plain PyTorch, on the model's own layers."""
+    encoder, head, decoder = model.encoder, model.posterior.head, model.decoder
+
+    def loss(x: Tensor) -> Tensor:
+        mu, raw_scale = head(encoder(x)).chunk(2, dim=-1)
+        sigma = F.softplus(raw_scale) + MIN_SCALE
+        z = mu + sigma * torch.randn_like(mu)
+        recon = -F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
+        kl = 0.5 * (mu**2 + sigma**2 - 1 - 2 * sigma.log()).sum(-1)
+        return (kl - recon).mean()
+
+    return loss
+
+
+def run(bench: Bench, size: Size) -> Result:
+    epochs = rounds(
+        {
+            "framework": lambda: framework_epoch(bench, size),
+            "module": lambda: plain_epoch(bench, size, module_loss),
+            "bare": lambda: plain_epoch(bench, size, bare_loss),
+        },
+        size.repeats,
+    )
+    seconds = {name: statistics.median(e.seconds for e in runs) for name, runs in epochs.items()}
+    steps = sum(1 for _ in epoch_batches(bench, size))
+    per_step_ms = {name: 1e3 * s / steps for name, s in seconds.items()}
+    loss_module, loss_bare = epochs["module"][0].loss, epochs["bare"][0].loss
+    figures = {
+        "steps": steps,
+        "epoch_s_framework": seconds["framework"],
+        "epoch_s_module_no_trainer": seconds["module"],
+        "epoch_s_bare_pytorch": seconds["bare"],
+        "fit_s_framework": statistics.median(e.fit_seconds for e in epochs["framework"]),
+        "ratio_framework_vs_bare": seconds["framework"] / seconds["bare"],
+        "ratio_trainer_share": seconds["framework"] / seconds["module"],
+        "ratio_distributions_share": seconds["module"] / seconds["bare"],
+        "step_ms_bare": per_step_ms["bare"],
+        "step_ms_trainer_overhead": per_step_ms["framework"] - per_step_ms["module"],
+        "step_ms_distributions_overhead": per_step_ms["module"] - per_step_ms["bare"],
+        "loss_module": loss_module,
+        "loss_bare": loss_bare,
+        "same_loss": abs(loss_module - loss_bare) <= 1e-4 * abs(loss_bare),
+    }
+    return Result(
+        figures,
+        [Goal("ratio_framework_vs_bare", "<=", 1.10)],
+        note=f"median of {size.repeats} interleaved epochs",
+    )

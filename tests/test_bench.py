@@ -1,0 +1,73 @@
+"""The benchmarks run end to end at a tiny size and write bench.json with every figure, so their
+code cannot rot. No timing is asserted: speed is measured by ``make bench``, not by tests."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import run
+
+#: the figures the issue asks for, per benchmark
+REQUIRED = {
+    "training": ["epoch_s_framework", "epoch_s_bare_pytorch", "ratio_framework_vs_bare"],
+    "iw": [
+        "samples_per_s_ours",
+        "samples_per_s_library_loop",
+        "speedup_vs_library_loop",
+        "matmul_peak_gflops",
+        "fraction_of_matmul_peak",
+    ],
+    "memory": ["peak_mb_k50", "peak_mb_k500", "ratio_large_vs_small_k"],
+    "qstar": ["point_steps_per_s_batched", "point_steps_per_s_loop", "speedup_vs_loop"],
+    "ais": ["point_chain_steps_per_s"],
+}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        run.main(["--tiny", "--threads", "1", "--override", "data=digits", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def test_bench_json_names_the_machine(report: dict) -> None:
+    machine = report["machine"]
+    for key in ("cpu", "cores", "torch_threads", "torch", "device", "load_average_at_start"):
+        assert key in machine, key
+    assert report["wall_s"] > 0
+
+
+@pytest.mark.parametrize("name", list(REQUIRED))
+def test_every_benchmark_reports_its_figures_and_goals(report: dict, name: str) -> None:
+    result = report["benchmarks"][name]
+    assert result["available"], result["note"]
+    figures = result["figures"]
+    for figure in REQUIRED[name]:
+        assert isinstance(figures[figure], float) and math.isfinite(figures[figure]), figure
+        assert figures[figure] > 0, figure
+    for goal in result["goals"]:
+        assert goal["value"] == figures[goal["figure"]]
+        assert isinstance(goal["met"], bool)
+
+
+def test_bare_loop_trains_the_same_model(report: dict) -> None:
+    assert report["benchmarks"]["training"]["figures"]["same_loss"]
+
+
+def test_table_lists_every_figure(report: dict) -> None:
+    results = {
+        name: run.Result(r["figures"], note=r["note"], available=r["available"])
+        for name, r in report["benchmarks"].items()
+    }
+    text = run.table(results)
+    for name, result in report["benchmarks"].items():
+        for figure in result["figures"]:
+            assert figure in text, (name, figure)
