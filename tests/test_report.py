@@ -13,8 +13,8 @@ import pytest
 from matplotlib.image import imread, imsave
 
 from tests.conftest import REPO
-from vae_lab.report import write_report
 from vae_lab.report.plots import DPI, WIDTH, figure_height
+from vae_lab.report.write import write_report
 
 
 def make_run(folder: Path, posterior: str, seed: int, status: str = "completed", **metrics):

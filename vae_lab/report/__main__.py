@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vae_lab.report import NoRunsError, write_report
+from vae_lab.report.collect import NoRunsError
+from vae_lab.report.write import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,27 @@
+"""Write the report: collect the runs, tabulate, plot, render report.md and report.csv."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from vae_lab.report.collect import find_runs
+from vae_lab.report.document import render
+from vae_lab.report.plots import gap_plot, log_px_plot
+from vae_lab.report.table import cells, write_csv
+
+
+def write_report(folders: Sequence[Path], out_dir: Path | None = None) -> list[Path]:
+    """Write the report of the runs under ``folders``; the files written.
+
+    Raises ``collect.NoRunsError`` naming a folder that is missing or holds no run.
+    """
+    runs = find_runs(folders)
+    out_dir = out_dir or folders[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = cells(runs)
+    plots = [gap_plot(table, out_dir / "gaps.png"), log_px_plot(table, out_dir / "log_px.png")]
+    markdown, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    markdown.write_text(render(runs, table, plots, out_dir))
+    write_csv(runs, csv_path)
+    return [markdown, csv_path, *plots]
