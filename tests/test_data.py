@@ -104,8 +104,11 @@ def test_binarized_mnist_counts_and_mean(shared_data):
 def batches(data, batch_size, world_size=1, **kwargs):
     """The batches of every process, in process order."""
     return [
-        list(TensorBatches(data, BatchOrder(len(data), batch_size, rank=r, world_size=world_size,
-                                            **kwargs)))
+        list(
+            TensorBatches(
+                data, BatchOrder(len(data), batch_size, rank=r, world_size=world_size, **kwargs)
+            )
+        )
         for r in range(world_size)
     ]
 
@@ -139,7 +142,9 @@ def test_training_batches_shuffle_per_epoch_with_equal_steps():
 
 
 def test_missing_file_without_download_names_the_file(tmp_path):
-    with pytest.raises(DataFileError, match=r"missing data file .*mnist/train-images-idx3-ubyte\.gz"):
+    with pytest.raises(
+        DataFileError, match=r"missing data file .*mnist/train-images-idx3-ubyte\.gz"
+    ):
         IDXImages(root=str(tmp_path), download=False).prepare_data()
 
 
@@ -149,7 +154,9 @@ def test_download_from_a_local_server(tmp_path, shared_data, http_server):
     dm.prepare_data()
     for split in ("train", "test"):
         name = dm.files[split].name
-        assert (tmp_path / "mnist" / name).read_bytes() == (shared_data / "mnist" / name).read_bytes()
+        assert (tmp_path / "mnist" / name).read_bytes() == (
+            shared_data / "mnist" / name
+        ).read_bytes()
     dm.setup()
     assert len(dm.splits[0]) == 50000
 
@@ -163,8 +170,13 @@ def _toy(folder: Path, content: bytes, compress: bool) -> RemoteFile:
 def test_a_file_served_uncompressed_is_stored_compressed(tmp_path, http_server):
     served = tmp_path / "served"
     file = _toy(served, b"0 1 0\n1 1 0\n", compress=False)
-    assert fetch(file, tmp_path / "root", download=True, mirror=http_server(served)) == b"0 1 0\n1 1 0\n"
-    assert gzip.decompress((tmp_path / "root" / "toy" / "file.gz").read_bytes()) == b"0 1 0\n1 1 0\n"
+    assert (
+        fetch(file, tmp_path / "root", download=True, mirror=http_server(served))
+        == b"0 1 0\n1 1 0\n"
+    )
+    assert (
+        gzip.decompress((tmp_path / "root" / "toy" / "file.gz").read_bytes()) == b"0 1 0\n1 1 0\n"
+    )
 
 
 def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path, http_server):

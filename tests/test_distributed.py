@@ -13,13 +13,26 @@ from vae_lab.build import build_datamodule, build_model, build_trainer
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
 
-TEST_METRICS = ("test/log_px", "test/elbo", "test/log_px_stderr", "test/kl", "test/ess",
-                "test/active_units")
+TEST_METRICS = (
+    "test/log_px",
+    "test/elbo",
+    "test/log_px_stderr",
+    "test/kl",
+    "test/ess",
+    "test/active_units",
+)
 
 
 def _test_metrics(overrides: list[str], ckpt: str, run_dir) -> dict[str, float]:
-    cfg = compose_config([*overrides, "trainer.limit_test_batches=null", "data.eval_batch_size=50",
-                          "eval.num_samples=64", "eval.chunk_size=16"])
+    cfg = compose_config(
+        [
+            *overrides,
+            "trainer.limit_test_batches=null",
+            "data.eval_batch_size=50",
+            "eval.num_samples=64",
+            "eval.chunk_size=16",
+        ]
+    )
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.data_dim)
     trainer = build_trainer(cfg, run_dir, None)
@@ -38,8 +51,9 @@ def ckpt(tmp_path_factory) -> str:
 def test_two_processes_give_the_numbers_of_one(ckpt, tmp_path):
     # digits' test set has 359 images: 8 batches of 50 (the last of 9), split 4 + 4
     one = _test_metrics([], ckpt, tmp_path / "one")
-    two = _test_metrics(["trainer=ddp_sim", "trainer.enable_progress_bar=false"], ckpt,
-                        tmp_path / "two")
+    two = _test_metrics(
+        ["trainer=ddp_sim", "trainer.enable_progress_bar=false"], ckpt, tmp_path / "two"
+    )
     print("1 process:", one, "\n2 processes:", two)
     assert set(one) == set(TEST_METRICS)
     for key in TEST_METRICS:
@@ -48,8 +62,9 @@ def test_two_processes_give_the_numbers_of_one(ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_sim_training_writes_one_metrics_file(tmp_path):
-    cfg = compose_config(["trainer=ddp_sim", "trainer.max_epochs=2",
-                          "trainer.enable_progress_bar=false"])
+    cfg = compose_config(
+        ["trainer=ddp_sim", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+    )
     execute(cfg, tmp_path, {"posterior": "gaussian"})
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "completed"
@@ -74,8 +89,11 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert straight["status"] == "completed"
 
     interrupted = compose_config(
-        [*base, "+callbacks.terminate._target_=tests.test_distributed.TerminateAt",
-         "+callbacks.terminate.step=5"]
+        [
+            *base,
+            "+callbacks.terminate._target_=tests.test_distributed.TerminateAt",
+            "+callbacks.terminate.step=5",
+        ]
     )
     with pytest.raises(SystemExit):
         execute(interrupted, tmp_path / "resumed", {})

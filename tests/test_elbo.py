@@ -12,7 +12,6 @@ from vae_lab.elbo import analytic_kl, elbo_terms, iw_log_px, log_importance_weig
 from vae_lab.posteriors.gaussian import diagonal_gaussian
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     previous = torch.get_default_dtype()
@@ -126,8 +125,9 @@ def test_monte_carlo_kl_is_used_when_torch_has_no_closed_form():
     assert analytic_kl(q, mixture) is None
     terms = elbo_terms(q, mixture, lambda z: torch.zeros(z.shape[:-1]), num_samples=50_000)
     z = q.sample((200_000,))
-    assert terms.kl.item() == pytest.approx((q.log_prob(z) - mixture.log_prob(z)).mean().item(),
-                                            abs=0.01)
+    assert terms.kl.item() == pytest.approx(
+        (q.log_prob(z) - mixture.log_prob(z)).mean().item(), abs=0.01
+    )
 
 
 def test_iw_estimate_matches_exact_log_px_within_three_standard_errors():

@@ -15,15 +15,29 @@ from vae_lab.run import execute
 
 def test_shrunk_run_writes_completed_metrics(tmp_path):
     cfg = compose_config()
-    record = execute(cfg, tmp_path, {"posterior": "gaussian", "prior": "standard", "data": "digits"})
+    record = execute(
+        cfg, tmp_path, {"posterior": "gaussian", "prior": "standard", "data": "digits"}
+    )
     metrics = read_metrics(tmp_path)
     assert metrics == {k: v for k, v in record.items()}
     assert metrics["status"] == "completed"
-    for key in ("test/elbo", "test/recon", "test/kl", "test/log_px", "test/log_px_stderr",
-                "test/ess", "test/inference_gap", "test/active_units", "val/elbo", "val/log_px",
-                "train/loss"):
+    for key in (
+        "test/elbo",
+        "test/recon",
+        "test/kl",
+        "test/log_px",
+        "test/log_px_stderr",
+        "test/ess",
+        "test/inference_gap",
+        "test/active_units",
+        "val/elbo",
+        "val/log_px",
+        "train/loss",
+    ):
         assert math.isfinite(metrics[key]), key
-    assert metrics["test/inference_gap"] == pytest.approx(metrics["test/log_px"] - metrics["test/elbo"])
+    assert metrics["test/inference_gap"] == pytest.approx(
+        metrics["test/log_px"] - metrics["test/elbo"]
+    )
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
@@ -37,7 +51,10 @@ def test_failed_run_is_recorded_with_its_error(tmp_path):
 def _run_cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vae_lab.run", *args, f"hydra.run.dir={tmp_path}/run"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -45,7 +62,10 @@ def _run_cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
     ("override", "expected"),
     [
         ("latent_dim=-1", "latent_dim=-1 is invalid: must be a positive integer"),
-        ("eval.num_samples=0", "eval.num_samples=0 is invalid: must be a positive integer (K of the IW estimate)"),
+        (
+            "eval.num_samples=0",
+            "eval.num_samples=0 is invalid: must be a positive integer (K of the IW estimate)",
+        ),
         ("optim.lr=-0.1", "optim.lr=-0.1 is invalid: must be a positive number"),
         ("prior=vamp prior.init=pixels", "prior.init=pixels is invalid: must be data or random"),
     ],
@@ -66,8 +86,9 @@ def test_unknown_option_lists_the_valid_ones(tmp_path):
 
 
 def test_missing_data_file_is_one_line(tmp_path):
-    result = _run_cli("data=mnist", "data.root=/nonexistent", "data.download=false",
-                      tmp_path=tmp_path)
+    result = _run_cli(
+        "data=mnist", "data.root=/nonexistent", "data.download=false", tmp_path=tmp_path
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: missing data file /nonexistent/mnist/")

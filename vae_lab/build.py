@@ -24,7 +24,9 @@ def build_model(cfg: DictConfig, data_dim: int) -> VAE:
     return VAE(
         encoder=nets.encoder,
         decoder=nets.decoder,
-        posterior=instantiate(cfg.posterior, feature_dim=nets.feature_dim, latent_dim=cfg.latent_dim),
+        posterior=instantiate(
+            cfg.posterior, feature_dim=nets.feature_dim, latent_dim=cfg.latent_dim
+        ),
         prior=instantiate(cfg.prior, latent_dim=cfg.latent_dim, data_dim=data_dim),
         likelihood=instantiate(cfg.likelihood, data_dim=data_dim),
         optimizer=instantiate(cfg.optim),

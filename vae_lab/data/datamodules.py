@@ -87,8 +87,9 @@ class Digits(InMemoryDataModule):
 
     image_shape = (8, 8)
 
-    def __init__(self, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 split_seed: int = 0, **kwargs) -> None:
+    def __init__(
+        self, val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
@@ -98,7 +99,9 @@ class Digits(InMemoryDataModule):
         from sklearn.datasets import load_digits
 
         images = torch.from_numpy(load_digits().data).float() / 16.0
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        order = torch.randperm(
+            len(images), generator=torch.Generator().manual_seed(self.split_seed)
+        )
         n_test = round(self.test_fraction * len(images))
         n_val = round(self.val_fraction * len(images))
         test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
@@ -110,8 +113,9 @@ class FileDataModule(InMemoryDataModule):
 
     files: dict[str, RemoteFile]
 
-    def __init__(self, root: str | None = None, download: bool = False,
-                 mirror: str | None = None, **kwargs) -> None:
+    def __init__(
+        self, root: str | None = None, download: bool = False, mirror: str | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.root = root or default_root()
         self.download = download
@@ -126,7 +130,7 @@ class FileDataModule(InMemoryDataModule):
 
 
 def parse_idx_images(content: bytes, name: str) -> Tensor:
-    """IDX image file (magic 0x803, big-endian count, rows, cols, uint8 pixels) -> [N, rows*cols]."""
+    """An IDX image file (magic 0x803, big-endian count, rows, cols, uint8 pixels): [N, H*W]."""
     magic, count, rows, cols = np.frombuffer(content[:16], ">i4")
     if magic != 0x803 or len(content) != 16 + count * rows * cols:
         raise DataFileError(f"{name} is not an IDX image file")
@@ -135,18 +139,32 @@ def parse_idx_images(content: bytes, name: str) -> Tensor:
 
 
 IDX_SOURCES = {
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist", {
-        "train": ("train-images-idx3-ubyte.gz",
-                  "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-        "test": ("t10k-images-idx3-ubyte.gz",
-                 "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    }),
-    "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com", {
-        "train": ("train-images-idx3-ubyte.gz",
-                  "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-        "test": ("t10k-images-idx3-ubyte.gz",
-                 "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-    }),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist",
+        {
+            "train": (
+                "train-images-idx3-ubyte.gz",
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            ),
+            "test": (
+                "t10k-images-idx3-ubyte.gz",
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            ),
+        },
+    ),
+    "fashion_mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+        {
+            "train": (
+                "train-images-idx3-ubyte.gz",
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            ),
+            "test": (
+                "t10k-images-idx3-ubyte.gz",
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            ),
+        },
+    ),
 }
 
 
@@ -160,7 +178,8 @@ class IDXImages(FileDataModule):
         super().__init__(**kwargs)
         base, files = IDX_SOURCES[name]
         self.files = {
-            split: RemoteFile(name, fname, f"{base}/{fname}", sha) for split, (fname, sha) in files.items()
+            split: RemoteFile(name, fname, f"{base}/{fname}", sha)
+            for split, (fname, sha) in files.items()
         }
         self.val_size = val_size
 
@@ -188,8 +207,12 @@ class BinarizedMNIST(FileDataModule):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.files = {
-            split: RemoteFile("binarized_mnist", f"binarized_mnist_{split}.amat.gz",
-                              f"{BINARIZED_MNIST_URL}/binarized_mnist_{split}.amat", sha)
+            split: RemoteFile(
+                "binarized_mnist",
+                f"binarized_mnist_{split}.amat.gz",
+                f"{BINARIZED_MNIST_URL}/binarized_mnist_{split}.amat",
+                sha,
+            )
             for split, sha in BINARIZED_MNIST_SHA256.items()
         }
 
