@@ -30,14 +30,17 @@ class PriorDataInit(pl.Callback):
 
 
 class ImageGrids(pl.Callback):
-    """At the end of training, writes two image grids into the run folder (rank 0 only):
+    """After every validation and at the end of training, writes two image grids into the run
+    folder (rank 0 only):
 
     * ``prior_samples.png``: ``num_samples`` draws z ~ p(z) decoded to E[x|z], where blurry
       versus sharp samples show what the prior has learned;
     * ``reconstructions.png``: up to ``num_reconstructions`` test images, each left of its
       reconstruction E[x|z], z ~ q(z|x);
 
-    and logs both with ``log_image`` to every W&B logger of the trainer.
+    and logs both with ``log_image`` to every W&B logger of the trainer, so a dashboard shows
+    them as training goes. The draws come from a forked random stream: the images never change
+    the training's random numbers (a resumed run still equals an uninterrupted one).
     """
 
     def __init__(self, num_samples: int = 64, num_reconstructions: int = 32) -> None:
@@ -59,11 +62,18 @@ class ImageGrids(pl.Callback):
             RECONSTRUCTIONS_FILE: pairs,
         }
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
+        if not trainer.sanity_checking:
+            self.on_train_end(trainer, pl_module)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
         if not trainer.is_global_zero:
             return
         width = trainer.datamodule.image_shape[-1]  # [N, X] -> [N, X / width, width]
-        for name, images in self.grids(trainer, pl_module).items():
+        device = pl_module.device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            grids = self.grids(trainer, pl_module)
+        for name, images in grids.items():
             path = Path(trainer.default_root_dir) / name
             save_image_grid(images.reshape(len(images), -1, width).cpu(), path)
             for logger in trainer.loggers:
