@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,3 +48,14 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip(f"the shared datasets are not at {SHARED_DATA} (set VAE_LAB_TEST_DATA)")
     return SHARED_DATA
+
+
+def report_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m vae_lab.report ARGS`` as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "vae_lab.report", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from matplotlib.image import imread, imsave
 
-from tests.conftest import REPO
+from tests.conftest import report_cli
 from vae_lab.report.plots import DPI, WIDTH, figure_height
 from vae_lab.report.write import write_report
 
@@ -154,16 +152,6 @@ def test_unreadable_metrics_is_listed(sweep):
     report = (sweep / "report.md").read_text()
     assert "## Unreadable metrics.json\n\n- `1`" in report
     assert rows(report)["gaussian"][2] == "1"
-
-
-def report_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vae_lab.report", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("case", ["empty", "missing"])

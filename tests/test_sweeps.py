@@ -21,7 +21,7 @@ from hydra.types import HydraContext, RunMode
 from hydra.utils import instantiate
 from matplotlib.image import imread
 
-from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config
+from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config, report_cli
 from vae_lab.outputs import read_metrics
 from vae_lab.report.plots import DPI, WIDTH, figure_height
 from vae_lab.schedules import IWAESchedule
@@ -50,16 +50,6 @@ def run_sweep(sweep_dir: Path, *overrides: str, threads: str | None = "1"):
         text=True,
         timeout=600,
         env=env if threads is None else {**env, "OMP_NUM_THREADS": threads},
-    )
-
-
-def run_report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vae_lab.report", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
 
 
@@ -101,7 +91,7 @@ def test_grid_sweep_completes_and_reports(launcher, tmp_path):
         ("full_cov", 1),
     }
 
-    report = run_report(str(sweep_dir))
+    report = report_cli(str(sweep_dir))
     assert report.returncode == 0, report.stderr
     rows = table_rows((sweep_dir / "report.md").read_text())
     assert [row[:3] for row in rows] == [
@@ -127,7 +117,7 @@ def test_failing_job_is_isolated_and_reported(tmp_path):
     assert failed["error"].startswith("FloatingPointError: training loss is nan at step 0")
     assert "1 completed, 1 failed" in result.stdout  # the sweep summary, from Hydra's log
 
-    report = run_report(str(sweep_dir))
+    report = report_cli(str(sweep_dir))
     assert report.returncode == 0, report.stderr
     text = (sweep_dir / "report.md").read_text()
     failures = text.split("## Failed runs")[1].split("##")[0]
