@@ -21,9 +21,9 @@ class CSVLogger(pl_loggers.CSVLogger):
 
     @property
     def experiment(self) -> Any:
-        writer = super().experiment
-        path = Path(writer.metrics_file_path)
-        if not writer.metrics_keys and path.is_file():
-            with path.open(newline="") as file:
+        writer = super().experiment  # on ranks other than 0, a dummy without a file
+        path = getattr(writer, "metrics_file_path", None)
+        if isinstance(path, str) and not writer.metrics_keys and Path(path).is_file():
+            with Path(path).open(newline="") as file:
                 writer.metrics_keys = sorted(next(csv.reader(file), []))
         return writer
