@@ -30,8 +30,8 @@ class PriorDataInit(pl.Callback):
 
 
 class ImageGrids(pl.Callback):
-    """After every validation and at the end of training, writes two image grids into the run
-    folder (rank 0 only):
+    """At the end of training (and after every validation when logging to W&B), writes two image
+    grids into the run folder (rank 0 only):
 
     * ``prior_samples.png``: ``num_samples`` draws z ~ p(z) decoded to E[x|z], where blurry
       versus sharp samples show what the prior has learned;
@@ -63,7 +63,9 @@ class ImageGrids(pl.Callback):
         }
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
-        if not trainer.sanity_checking:
+        """During training only for a W&B dashboard: the files alone are written at the end."""
+        wandb = any(isinstance(logger, WandbLogger) for logger in trainer.loggers)
+        if wandb and not trainer.sanity_checking:
             self.on_train_end(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
