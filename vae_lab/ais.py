@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm import trange
 
-from vae_lab.elbo import LogLikelihood
+from vae_lab.elbo import LogLikelihood, log_mean_weight
 
 LogDensity = Callable[[Tensor], Tensor]
 
@@ -152,8 +152,5 @@ def ais_log_px(
         mean_accept = accept_prob.mean(0)
         step = step * torch.where(mean_accept > target_accept, 1.02, 0.98)[None, :, None]
         accept_sum += mean_accept.double()
-    log_px = torch.logsumexp(log_w, 0) - math.log(num_chains)
-    rel = torch.exp(log_w - log_w.max(0).values)
-    ess = rel.sum(0) ** 2 / (rel**2).sum(0)
-    variance = (1.0 / ess - 1.0 / num_chains).clamp_min(0.0)
+    log_px, variance = log_mean_weight(log_w)
     return AISEstimate(log_px=log_px, variance=variance, accept_rate=accept_sum / num_steps)

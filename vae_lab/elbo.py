@@ -127,7 +127,23 @@ def iw_log_px(
         z_sum = z_sum + z.sum(0)
         m = new_m
         done += n
-    log_px = m + torch.log(s1) - math.log(num_samples)
-    ess = s1**2 / s2
-    variance = (1.0 / ess - 1.0 / num_samples).clamp_min(0.0)
+    log_px, variance, ess = _mean_weight_estimate(m, s1, s2, num_samples)
     return IWEstimate(log_px=log_px, variance=variance, ess=ess, z_mean=z_sum / num_samples)
+
+
+def _mean_weight_estimate(
+    m: Tensor, s1: Tensor, s2: Tensor, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """From m = max log w, s1 = sum exp(log w - m), s2 = sum exp(2 (log w - m)) over k weights:
+    log of their mean, its delta-method variance 1/ESS - 1/k, and ESS = s1^2 / s2."""
+    ess = s1**2 / s2
+    return m + torch.log(s1) - math.log(k), (1.0 / ess - 1.0 / k).clamp_min(0.0), ess
+
+
+def log_mean_weight(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """log (1/K) sum_k w_k over dim 0 of log-weights [K, ...] held in memory, and the Monte
+    Carlo variance of that estimate, by the same delta method as ``iw_log_px``."""
+    m = log_w.max(0).values
+    rel = torch.exp(log_w - m)
+    log_px, variance, _ = _mean_weight_estimate(m, rel.sum(0), (rel**2).sum(0), log_w.shape[0])
+    return log_px, variance
