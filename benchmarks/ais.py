@@ -32,9 +32,9 @@ TINY = Size(points=3, steps=2, repeats=1)
 
 def estimate(model: VAE, x: torch.Tensor, steps: int, chains: int, leapfrog: int) -> None:
     with torch.no_grad():
-        q0 = model.encode_base(x)
+        q = model.q(x)
         prior = model.p_z()
-    ais_log_px(q0, prior, model.log_likelihood(x), steps, chains, leapfrog_steps=leapfrog)
+    ais_log_px(q, prior, model.log_likelihood(x), steps, chains, leapfrog_steps=leapfrog)
 
 
 def run(bench: Bench, size: Size) -> Result:

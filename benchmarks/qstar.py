@@ -36,7 +36,7 @@ def fit(model: VAE, x: torch.Tensor, settings: QStarSettings) -> None:
     with torch.no_grad():
         theta0 = model.posterior(model.encoder(x))
         prior = model.p_z()
-    fit_qstar(model.posterior, prior, model.log_likelihood(x), theta0, settings)
+    fit_qstar(model.posterior, prior, lambda rows: model.log_likelihood(x[rows]), theta0, settings)
 
 
 def run(bench: Bench, size: Size) -> Result:

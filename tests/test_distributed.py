@@ -63,8 +63,12 @@ def test_two_processes_give_the_numbers_of_one(ckpt, tmp_path):
 @pytest.mark.slow
 def test_ddp_sim_training_writes_one_metrics_file(tmp_path):
     cfg = compose_config(
-        ["trainer=ddp_sim", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-         "logger=csv"]
+        [
+            "trainer=ddp_sim",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+        ]
     )
     execute(cfg, tmp_path, {"posterior": "gaussian"})
     metrics = read_metrics(tmp_path)
@@ -86,8 +90,12 @@ class TerminateAt(pl.Callback):
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     # 3 epochs of 3 steps; SIGTERM mid-way through the second epoch
-    base = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.limit_test_batches=2",
-            "logger=csv"]  # the resumed run continues the interrupted one's metrics.csv
+    base = [
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "trainer.limit_test_batches=2",
+        "logger=csv",
+    ]  # the resumed run continues the interrupted one's metrics.csv
     straight = execute(compose_config(base), tmp_path / "straight", {})
     assert straight["status"] == "completed"
 

@@ -60,7 +60,7 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
     assert record["eval/num_points"] == 60 and "eval/log_px_exact" not in record
 
     other = main([f"run_dir={digits_run}", *QUICK, "eval.qstar_family=full_cov"])
-    assert other["qstar_init"] == "prior"  # another family cannot start at the encoder
+    assert other["qstar_init"] == "encoder"  # moment-matched to the encoder's q
     metrics = read_metrics(digits_run)
     assert metrics["eval/elbo_qstar"] == record["eval/elbo_qstar"]  # the run's own stays
     assert math.isfinite(metrics["eval/elbo_qstar_full_cov"])

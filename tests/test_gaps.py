@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from tests.conftest import CONF_DIR, compose_config
 from tests.test_linear_gaussian import exact_diagonal_kl, known_ppca_vae
@@ -19,6 +20,7 @@ from vae_lab.gaps import (
     QStarSettings,
     elbo_estimate,
     fit_qstar,
+    moment_matched_theta,
     prior_theta,
 )
 from vae_lab.module import VAE
@@ -28,7 +30,10 @@ FAMILIES = sorted(p.stem for p in (CONF_DIR / "posterior").glob("*.yaml"))
 
 
 def fit(model: VAE, x: torch.Tensor, theta0: torch.Tensor, settings: QStarSettings) -> QStarFit:
-    return fit_qstar(model.posterior, model.p_z(), model.log_likelihood(x), theta0, settings)
+    def log_likelihood(rows):
+        return model.log_likelihood(x[rows])
+
+    return fit_qstar(model.posterior, model.p_z(), log_likelihood, theta0, settings)
 
 
 def elbo_of(model: VAE, x: torch.Tensor, q, num_samples: int = 2000) -> Estimate:
@@ -86,7 +91,7 @@ def test_batched_qstar_equals_a_loop_over_datapoints_exactly():
         return z.new_zeros(z.shape[:-1])
 
     def run(start):
-        return fit_qstar(model.posterior, model.p_z(), no_likelihood, start, settings)
+        return fit_qstar(model.posterior, model.p_z(), lambda rows: no_likelihood, start, settings)
 
     batched = run(theta0)
     alone = [run(theta0[i : i + 1]) for i in range(4)]
@@ -145,3 +150,25 @@ def test_qstar_is_at_least_as_good_as_the_encoder(family, trained_digits):
     elbo_qstar = elbo_of(model, x, model.posterior.distribution(theta), 500).figure()
     gain = elbo_qstar - elbo_q
     assert gain.value > -3 * gain.stderr
+
+
+@pytest.mark.parametrize("name", ["gaussian", "full_cov", "flow"])
+def test_a_moment_matched_start_has_the_mean_and_spread_of_the_other_q(name):
+    """A q* of another family starts at the moments of the encoder's q: here a correlated
+    Gaussian, matched by a family whose other parameters are those of its prior fit."""
+    torch.manual_seed(0)
+    cfg = compose_config([f"posterior={name}", "latent_dim=3"])
+    family = instantiate(cfg.posterior, feature_dim=4, latent_dim=3)
+    prior = torch.distributions.Independent(
+        torch.distributions.Normal(torch.zeros(3), torch.ones(3)), 1
+    )
+    settings = QStarSettings(max_steps=300)
+    start = prior_theta(family, prior, 2, settings)
+    loc = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.0]])
+    cov = torch.tensor([[0.5, 0.2, 0.0], [0.2, 0.3, 0.0], [0.0, 0.0, 0.01]])
+    other = torch.distributions.MultivariateNormal(loc, cov.expand(2, 3, 3))
+    with torch.no_grad():
+        theta = moment_matched_theta(family, other, start, num_samples=20000)
+        z = family.distribution(theta).sample((20000,))
+    torch.testing.assert_close(z.mean(0), loc, atol=0.05, rtol=0)
+    torch.testing.assert_close(z.std(0), cov.diagonal().sqrt().expand(2, 3), atol=0.0, rtol=0.1)

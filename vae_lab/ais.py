@@ -1,7 +1,8 @@
 """Annealed importance sampling of log p(x) (Neal 2001), as used for VAEs by Wu et al. (2017).
 
-AIS moves C chains per datapoint from a normalised initial distribution q0(z|x) to the
-unnormalised posterior p(x, z) through the geometric path
+AIS moves C chains per datapoint from a normalised initial distribution q0(z|x) (the
+posterior, or the base of a flow posterior: see below) to the unnormalised posterior p(x, z)
+through the geometric path
 
     f_t(z) = q0(z|x)^(1 - beta_t) p(x, z)^beta_t,     0 = beta_0 < beta_1 < ... < beta_T = 1,
 
@@ -13,9 +14,17 @@ Each chain's weight
 
 is unbiased, E[w] = p(x), so log p^(x) = logsumexp_c log w_c - log C is a stochastic lower
 bound, like the IW estimate; its Monte Carlo variance is estimated by the same delta method,
-1/ESS - 1/C. Any normalised q0 gives a valid estimate: the initial distribution here is the
-posterior's Gaussian base q0(z|x) (q itself for the Gaussian families, the base of a flow
-otherwise), whose density is known at any z, where a flow's may need a numerical inverse.
+1/ESS - 1/C.
+
+The initial distribution is the posterior q(z|x) itself. A flow posterior, q = T#q0 with
+z = T(z0) and a Gaussian base q0, is annealed in the coordinates z0 of its base: there the path
+
+    g_t(z0) = q0(z0|x)^(1 - beta_t) [p(x, T(z0)) |det dT/dz0|]^beta_t
+            = q(z|x)^(1 - beta_t) p(x, z)^beta_t |det dT/dz0|
+
+is the path above from q to p(x, z), carried to z0 by the change of variables, with the same
+normalising constants (q0's is 1, the last is p(x)). It needs only the flow's forward pass,
+never an inverse, and the HMC moves in z0 are moves in z preconditioned by the flow.
 
 The betas follow the sigmoid schedule (Grosse et al. 2013, used by Wu et al. 2017). Each HMC
 transition resamples the momentum, takes L leapfrog steps and accepts by Metropolis-Hastings;
@@ -39,6 +48,8 @@ from tqdm import trange
 from vae_lab.elbo import LogLikelihood, log_mean_weight
 
 LogDensity = Callable[[Tensor], Tensor]
+#: z0 [..., B, D] -> (z = T(z0), log |det dT/dz0| [..., B])
+PushForward = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -118,8 +129,16 @@ def hmc_transition(
     return state.where(accept, proposal), log_accept.exp()
 
 
+def base_coordinates(q: Distribution) -> tuple[Distribution, PushForward]:
+    """q as its base q0 and the map z0 -> (z, log |det dz/dz0|) with q = T#q0: a flow's
+    Gaussian base and forward pass (``push_forward``), else q itself and the identity."""
+    if hasattr(q, "push_forward"):
+        return q.base_dist, q.push_forward
+    return q, lambda z: (z, z.new_zeros(z.shape[:-1]))
+
+
 def ais_log_px(
-    q0: Distribution,
+    q: Distribution,
     prior: Distribution,
     log_likelihood: LogLikelihood,
     num_steps: int,
@@ -129,14 +148,16 @@ def ais_log_px(
     target_accept: float = 0.65,
     progress: bool = False,
 ) -> AISEstimate:
-    """log p^(x) for a batch of N datapoints by AIS from q0(z|x) (batch shape [N]) to
+    """log p^(x) for a batch of N datapoints by AIS from q(z|x) (batch shape [N]) to
     p(x, z) = p(x|z) p(z), with ``num_chains`` chains each and ``num_steps`` transitions.
 
     Needs autograd: do not call it under ``torch.inference_mode``.
     """
+    q0, push_forward = base_coordinates(q)
 
-    def log_joint(z: Tensor) -> Tensor:
-        return log_likelihood(z) + prior.log_prob(z)
+    def log_joint(z0: Tensor) -> Tensor:
+        z, log_det = push_forward(z0)
+        return log_likelihood(z) + prior.log_prob(z) + log_det
 
     betas = sigmoid_schedule(num_steps).tolist()
     state = ChainState.at(q0.sample((num_chains,)), q0.log_prob, log_joint)

@@ -53,6 +53,7 @@ from vae_lab.gaps import (
     elbo_estimate,
     fit_qstar,
     gap_split,
+    moment_matched_theta,
     prior_theta,
 )
 from vae_lab.module import VAE
@@ -210,9 +211,9 @@ def evaluate_points(
 
     with timed(metrics, "ais"):
         with torch.no_grad():
-            q0 = model.encode_base(x)
+            q = model.q(x)
         ais = ais_log_px(
-            q0, prior, model.log_likelihood(x), ev.ais_steps, ev.ais_chains,
+            q, prior, model.log_likelihood(x), ev.ais_steps, ev.ais_chains,
             leapfrog_steps=ev.ais_leapfrog_steps, progress=True,
         )  # fmt: skip
     log_px_ais = Estimate(ais.log_px, ais.variance).figure()
@@ -222,22 +223,27 @@ def evaluate_points(
     put(metrics, "log_px_best", best)
     if log_px.value - log_px_ais.value > AIS_SHORTFALL_NATS:
         log.warning(
-            "AIS (%.2f) is %.1f nats below IW (%.2f): it anneals from the posterior's Gaussian "
-            "base, far from this model's posterior; raise eval.ais_steps (log_px_best is IW's)",
+            "AIS (%.2f) is %.1f nats below IW (%.2f): its annealing is too short for this "
+            "model; raise eval.ais_steps (log_px_best is IW's)",
             log_px_ais.value, log_px.value - log_px_ais.value, log_px.value,
         )  # fmt: skip
 
     settings = QStarSettings(
         lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps, tol=ev.qstar_tol
     )
-    init = ev.qstar_init if family is model.posterior else "prior"
+    init = ev.qstar_init
     with timed(metrics, f"qstar{suffix}"):
         with torch.no_grad():
-            if init == "encoder":
+            if init == "encoder" and family is model.posterior:
                 theta0 = model.posterior(model.encoder(x))
             else:
                 theta0 = prior_theta(family, prior, x.shape[0], settings)
-        fit = fit_qstar(family, prior, model.log_likelihood(x), theta0, settings, progress=True)
+                if init == "encoder":
+                    theta0 = moment_matched_theta(family, model.q(x), theta0)
+        fit = fit_qstar(
+            family, prior, lambda rows: model.log_likelihood(x[rows]), theta0, settings,
+            progress=True,
+        )  # fmt: skip
         with torch.inference_mode():
             elbo_qstar = elbo_over_batches(lambda s: family.distribution(fit.theta[s]))
     put(metrics, f"elbo_qstar{suffix}", elbo_qstar)

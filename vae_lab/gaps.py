@@ -16,13 +16,18 @@ Convergence is tested per datapoint: the ELBO averaged over a window of ``check_
 is compared with the best window so far; after ``patience`` windows without an improvement of
 ``tol`` nats the datapoint's step size is halved, and at the first such plateau after
 ``num_decays`` halvings the datapoint is frozen (converged). The loop ends when all are
-frozen or after ``max_steps``.
+frozen or after ``max_steps``. Each step evaluates the datapoints not yet frozen only, so a
+fit costs in proportion to how long each datapoint takes to converge, not the slowest one.
 The shrinking step size lets Adam settle closer to the optimum than its noise floor at the
 initial step size.
 
-For a family other than the run's own, or on request, theta starts from the prior: the one
-theta_0 = argmax_theta -KL(q_theta || p(z)) found by the same optimiser (an ELBO without a
-likelihood term), from the family's head bias.
+theta starts from the encoder (``qstar_init=encoder``) or from the prior (``prior``). From the
+prior it is the one theta_0 = argmax_theta -KL(q_theta || p(z)) found by the same optimiser (an
+ELBO without a likelihood term), from the family's head bias. From the encoder it is the
+encoder's theta(x) for the run's own family; for another family (Cremer et al.'s L[q*_FFG] of
+a flow-trained model, say) it is theta_0 with its Gaussian part moved to the mean and the
+per-coordinate standard deviation of samples of the encoder's q(z|x), so that every q*
+starts near the amortised posterior rather than at the prior.
 
 ELBOs are reported as the mean of log w = log p(x, z) - log q(z|x) over S samples with Monte
 Carlo variance Var[log w] / S; a dataset figure is the mean over N datapoints with standard
@@ -33,6 +38,7 @@ independent estimates adds in quadrature.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +48,7 @@ from tqdm import trange
 
 from vae_lab.elbo import LogLikelihood, elbo_terms, log_importance_weights
 from vae_lab.posteriors import PosteriorFamily
+from vae_lab.posteriors.gaussian import MIN_SCALE
 
 
 @dataclass
@@ -120,17 +127,22 @@ class QStarFit:
     converged: Tensor  # which datapoints met the convergence test, [N] bool
 
 
+#: row indices [A] of the batch -> log p(x_rows | z), z [S, A, D] -> [S, A]
+RowsLogLikelihood = Callable[[Tensor], LogLikelihood]
+
+
 def fit_qstar(
     family: PosteriorFamily,
     prior: Distribution,
-    log_likelihood: LogLikelihood,
+    log_likelihood: RowsLogLikelihood,
     theta0: Tensor,
     settings: QStarSettings,
     progress: bool = False,
 ) -> QStarFit:
     """theta* = argmax_theta ELBO(x; theta) for every datapoint of the batch, from theta0 [N, P].
 
-    ``log_likelihood`` maps z [S, N, D] to log p(x|z) [S, N]; only theta is differentiated.
+    ``log_likelihood(rows)`` is the likelihood of the datapoints ``rows``, e.g.
+    ``lambda rows: model.log_likelihood(x[rows])``; only theta is differentiated.
     """
     theta = theta0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([theta], lr=settings.lr)
@@ -140,19 +152,19 @@ def fit_qstar(
     stalls = torch.zeros(num_points, dtype=torch.long, device=theta.device)
     decays = torch.zeros_like(stalls)
     window = torch.zeros_like(best)
+    active = torch.arange(num_points, device=theta.device)
     bar = trange(settings.max_steps, desc="q*", disable=not progress, leave=False)
     for step in bar:
         with torch.enable_grad():
-            elbo = elbo_terms(
-                family.distribution(theta), prior, log_likelihood, settings.num_samples
-            ).elbo
+            q = family.distribution(theta[active])
+            elbo = elbo_terms(q, prior, log_likelihood(active), settings.num_samples).elbo
             (grad,) = torch.autograd.grad(-elbo.sum(), theta)
         before = theta.detach().clone()
         theta.grad = grad
         optimizer.step()
         with torch.no_grad():
             theta.copy_(before + rate[:, None] * (theta - before))
-        window += elbo.detach().double()
+        window[active] += elbo.detach().double()
         if (step + 1) % settings.check_every:
             continue
         window /= settings.check_every
@@ -166,9 +178,9 @@ def fit_qstar(
         decays += halve
         stalls[plateau] = 0
         window.zero_()
-        frozen = int((rate == 0).sum())
-        bar.set_postfix(converged=f"{frozen}/{num_points}")
-        if frozen == num_points:
+        active = (rate > 0).nonzero().squeeze(1)
+        bar.set_postfix(converged=f"{num_points - len(active)}/{num_points}")
+        if len(active) == 0:
             break
     return QStarFit(theta.detach(), step + 1, rate == 0)
 
@@ -183,5 +195,24 @@ def prior_theta(
     def no_likelihood(z: Tensor) -> Tensor:
         return z.new_zeros(z.shape[:-1])
 
-    fit = fit_qstar(family, prior, no_likelihood, start, settings)
+    fit = fit_qstar(family, prior, lambda rows: no_likelihood, start, settings)
     return fit.theta.expand(num_points, -1)
+
+
+def moment_matched_theta(
+    family: PosteriorFamily, q: Distribution, theta: Tensor, num_samples: int = 100
+) -> Tensor:
+    """theta [N, P] with the family's Gaussian part set to N(m, diag s^2), m and s the mean
+    and standard deviation of ``num_samples`` samples of q (batch shape [N]).
+
+    Every family lays theta out as [mu | r | ...], its Gaussian (or a flow's Gaussian base)
+    having mean mu and diagonal scale softplus(r) + MIN_SCALE (``PosteriorFamily``); the
+    other entries (off-diagonal factors, flow layers) are kept.
+    """
+    d = family.latent_dim
+    z = q.sample((num_samples,))
+    std = (z.std(0) - MIN_SCALE).clamp_min(MIN_SCALE)
+    matched = theta.clone()
+    matched[:, :d] = z.mean(0)
+    matched[:, d : 2 * d] = std + torch.log(-torch.expm1(-std))  # softplus^-1
+    return matched

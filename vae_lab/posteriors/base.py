@@ -3,13 +3,19 @@
 A family is amortised in two steps: a linear head maps the encoder's features h(x) to a flat
 vector of raw parameters theta(x), and ``distribution(theta)`` builds q(z|x) from it. Keeping
 theta explicit lets the inference-gap analysis replace the encoder's theta(x) by free
-per-datapoint parameters (q*, Cremer et al. 2018) with the same family code.
+per-datapoint parameters (q*, Cremer et al. 2018) with the same family code. Every family
+starts theta with [mu | r], the mean and the softplus-inverse diagonal scale of its Gaussian
+(a flow's base), which lets q* of one family start from the moments of another's q. The head starts
+from the encoder's Glorot initialisation (``vae_lab.networks``), so q's means spread over about
+the prior's unit scale from the first step.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 from torch.distributions import Distribution
+
+from vae_lab.networks import glorot_linear
 
 
 class PosteriorFamily(nn.Module):
@@ -21,7 +27,7 @@ class PosteriorFamily(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
         self.num_params = num_params
-        self.head = nn.Linear(feature_dim, num_params)
+        self.head = glorot_linear(feature_dim, num_params, gain=1.0)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.head(features)

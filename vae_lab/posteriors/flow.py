@@ -51,14 +51,19 @@ class FlowTransform(Transform):
 class FlowDistribution(TransformedDistribution):
     """q(zK|x): a base distribution pushed through ``FlowTransform``s (``transforms``)."""
 
+    def push_forward(self, z0: Tensor) -> tuple[Tensor, Tensor]:
+        """zK = f_K o ... o f_1(z0) and sum_k log |det df_k/dz_{k-1}|, for z0 [..., B, D]."""
+        z, log_det = z0, z0.new_zeros(z0.shape[:-1])
+        for transform in self.transforms:
+            z, layer_log_det = transform.forward_and_log_det(z)
+            log_det = log_det + layer_log_det
+        return z, log_det
+
     def rsample_and_log_prob(self, sample_shape: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
         """Reparameterised zK [*sample_shape, B, D] and log q(zK|x) [*sample_shape, B]."""
-        z = self.base_dist.rsample(sample_shape)
-        log_q = self.base_dist.log_prob(z)
-        for transform in self.transforms:
-            z, log_det = transform.forward_and_log_det(z)
-            log_q = log_q - log_det
-        return z, log_q
+        z0 = self.base_dist.rsample(sample_shape)
+        z, log_det = self.push_forward(z0)
+        return z, self.base_dist.log_prob(z0) - log_det
 
 
 class FlowLayer(nn.Module):
