@@ -66,6 +66,12 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
     assert math.isfinite(metrics["eval/elbo_qstar_full_cov"])
     assert "eval/approximation_gap_full_cov" in metrics and "eval/time_qstar_full_cov_s" in metrics
 
+    both = main([f"run_dir={digits_run}", *QUICK, "eval.qstar_family=[gaussian,planar]"])
+    assert both["qstar_family"] == ["gaussian", "planar"]
+    for key in ("elbo_qstar", "elbo_qstar_planar", "approximation_gap_planar"):
+        assert math.isfinite(both[f"eval/{key}"]), key
+    assert "eval/time_qstar_s" in both and "eval/time_qstar_planar_s" in both
+
 
 @pytest.mark.parametrize(
     ("argument", "expected"),
@@ -73,6 +79,7 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
         ("eval.split=bogus", "eval.split=bogus is invalid: must be one of train, val, test"),
         ("eval.nope=1", "eval.nope=1 is invalid: the run's config has no key eval.nope"),
         ("eval.qstar_family=nope", "eval.qstar_family=nope is invalid: must be one of ["),
+        ("eval.qstar_family=[]", "eval.qstar_family=[] is invalid: must be a posterior option"),
     ],
 )
 def test_bad_option_is_one_line(digits_run, argument, expected, capsys):

@@ -17,7 +17,9 @@ The gaps are measured from the exact log p(x) when it is known, else from the be
 IW and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family other
 than the run's own, the q* figures are named ``eval/elbo_qstar_<family>``,
 ``eval/approximation_gap_<family>``, ``eval/time_qstar_<family>_s``, ... so they sit beside
-the run's own in metrics.json (the other figures are recomputed and overwritten).
+the run's own in metrics.json (the other figures are recomputed and overwritten). A list,
+``eval.qstar_family=[flow,gaussian]``, fits a q* in each family after one IW and one AIS
+stage: Cremer et al.'s L[q*_flow] and L[q*_FFG] of one model in one call.
 
 Writes ``eval.json`` in the run folder, merges its ``eval/*`` metrics into ``metrics.json`` and
 adds them to the run's W&B run if it had one. This module composes the pieces; the maths is
@@ -153,19 +155,28 @@ def select_points(datamodule: InMemoryDataModule, split: str, num: int | None, s
     return x
 
 
-def qstar_family(cfg: DictConfig, model: VAE) -> tuple[PosteriorFamily, str]:
-    """The family q* is sought in, and the suffix of its metric names ('' for the run's own)."""
-    name = cfg.eval.qstar_family
-    if name is None:
-        return model.posterior, ""
+def qstar_families(cfg: DictConfig, model: VAE) -> list[tuple[PosteriorFamily, str]]:
+    """The families q* is sought in (``eval.qstar_family``: one option, a list, or null for
+    the run's own), each with the suffix of its metric names ('' for the run's own)."""
+    names = cfg.eval.qstar_family
+    names = [names] if names is None or isinstance(names, str) else list(names)
     options = sorted(p.stem for p in (CONF_DIR / "posterior").glob("*.yaml"))
-    if name not in options:
-        raise ConfigError(f"eval.qstar_family={name} is invalid: must be one of {options}")
-    family_cfg = compose_default([f"posterior={name}", f"latent_dim={cfg.latent_dim}"]).posterior
-    if family_cfg == cfg.posterior:
-        return model.posterior, ""
-    feature_dim = model.posterior.head.in_features
-    return instantiate(family_cfg, feature_dim=feature_dim, latent_dim=cfg.latent_dim), f"_{name}"
+    latent_dim = cfg.latent_dim
+    families = []
+    for name in names:
+        if name is None:
+            families.append((model.posterior, ""))
+            continue
+        if name not in options:
+            raise ConfigError(f"eval.qstar_family={name} is invalid: must be one of {options}")
+        family_cfg = compose_default([f"posterior={name}", f"latent_dim={latent_dim}"])
+        if family_cfg.posterior == cfg.posterior:
+            families.append((model.posterior, ""))
+            continue
+        feature_dim = model.posterior.head.in_features
+        family = instantiate(family_cfg.posterior, feature_dim=feature_dim, latent_dim=latent_dim)
+        families.append((family, f"_{name}"))
+    return families
 
 
 # -- the stages ------------------------------------------------------------------------------
@@ -183,9 +194,14 @@ def put(metrics: dict[str, float], name: str, figure: Figure) -> None:
 
 
 def evaluate_points(
-    model: VAE, x: Tensor, ev: DictConfig, family: PosteriorFamily, suffix: str, batch_size: int
+    model: VAE,
+    x: Tensor,
+    ev: DictConfig,
+    families: list[tuple[PosteriorFamily, str]],
+    batch_size: int,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Every eval/* metric on the datapoints x; and what was chosen on the way."""
+    """Every eval/* metric on the datapoints x, with a q* in each of ``families``; and what was
+    chosen on the way."""
     metrics: dict[str, float] = {"eval/num_points": x.shape[0]}
     k, chunk = ev.num_samples, ev.chunk_size
     batches = list(range(0, x.shape[0], batch_size))
@@ -228,36 +244,41 @@ def evaluate_points(
             log_px_ais.value, log_px.value - log_px_ais.value, log_px.value,
         )  # fmt: skip
 
-    settings = QStarSettings(
-        lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps, tol=ev.qstar_tol
-    )
-    init = ev.qstar_init
-    with timed(metrics, f"qstar{suffix}"):
-        with torch.no_grad():
-            if init == "encoder" and family is model.posterior:
-                theta0 = model.posterior(model.encoder(x))
-            else:
-                theta0 = prior_theta(family, prior, x.shape[0], settings)
-                if init == "encoder":
-                    theta0 = moment_matched_theta(family, model.q(x), theta0)
-        fit = fit_qstar(
-            family, prior, lambda rows: model.log_likelihood(x[rows]), theta0, settings,
-            progress=True,
-        )  # fmt: skip
-        with torch.inference_mode():
-            elbo_qstar = elbo_over_batches(lambda s: family.distribution(fit.theta[s]))
-    put(metrics, f"elbo_qstar{suffix}", elbo_qstar)
-    metrics[f"eval/qstar_converged{suffix}"] = float(fit.converged.double().mean())
-    metrics[f"eval/qstar_steps{suffix}"] = fit.steps
-
     reference = best
     ppca = ppca_of(model)
     if ppca is not None:
         exact = float(ppca.marginal().log_prob(x.double()).mean())
         metrics["eval/log_px_exact"] = exact
         reference = Figure(exact, 0.0)
-    for name, figure in gap_split(reference, elbo_qstar, elbo_q).items():
-        put(metrics, f"{name}{suffix}" if name != "inference_gap" else name, figure)
+
+    settings = QStarSettings(
+        lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps, tol=ev.qstar_tol
+    )
+    init = ev.qstar_init
+
+    def qstar_stage(family: PosteriorFamily, suffix: str) -> None:
+        with timed(metrics, f"qstar{suffix}"):
+            with torch.no_grad():
+                if init == "encoder" and family is model.posterior:
+                    theta0 = model.posterior(model.encoder(x))
+                else:
+                    theta0 = prior_theta(family, prior, x.shape[0], settings)
+                    if init == "encoder":
+                        theta0 = moment_matched_theta(family, model.q(x), theta0)
+            fit = fit_qstar(
+                family, prior, lambda rows: model.log_likelihood(x[rows]), theta0, settings,
+                progress=True,
+            )  # fmt: skip
+            with torch.inference_mode():
+                elbo_qstar = elbo_over_batches(lambda s: family.distribution(fit.theta[s]))
+        put(metrics, f"elbo_qstar{suffix}", elbo_qstar)
+        metrics[f"eval/qstar_converged{suffix}"] = float(fit.converged.double().mean())
+        metrics[f"eval/qstar_steps{suffix}"] = fit.steps
+        for name, figure in gap_split(reference, elbo_qstar, elbo_q).items():
+            put(metrics, f"{name}{suffix}" if name != "inference_gap" else name, figure)
+
+    for family, suffix in families:
+        qstar_stage(family, suffix)
     chosen = {"qstar_init": init, "gap_reference": "exact" if ppca is not None else "best"}
     return metrics, chosen
 
@@ -290,15 +311,15 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup()
     model = load_model(cfg, run.ckpt_path, datamodule.data_dim)
-    family, suffix = qstar_family(cfg, model)
+    families = qstar_families(cfg, model)
     torch.manual_seed(cfg.eval.seed)
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
-    metrics, chosen = evaluate_points(model, x, cfg.eval, family, suffix, cfg.data.eval_batch_size)
+    metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
     record = {
         "run_dir": str(run.run_dir),
         "ckpt_path": str(run.ckpt_path),
         "split": cfg.eval.split,
-        "qstar_family": cfg.eval.qstar_family or "own",
+        "qstar_family": OmegaConf.to_container(cfg.eval, resolve=True)["qstar_family"] or "own",
         **chosen,
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
         **metrics,

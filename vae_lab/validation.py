@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -30,6 +30,13 @@ def _positive_number(v: Any) -> bool:
 
 def _epochs(v: Any) -> bool:
     return v is None or (isinstance(v, int) and (v == -1 or v >= 1))
+
+
+def _families(v: Any) -> bool:
+    if v is None or isinstance(v, str):
+        return True
+    names = v if isinstance(v, ListConfig) else []
+    return len(names) > 0 and all(f is None or isinstance(f, str) for f in names)
 
 
 Rule = tuple[str, Callable[[Any], bool], str]
@@ -57,7 +64,7 @@ RULES: list[Rule] = [
     ("eval.ais_steps", _positive_int, "a positive integer"),
     ("eval.ais_chains", _positive_int, "a positive integer"),
     ("eval.ais_leapfrog_steps", _positive_int, "a positive integer"),
-    ("eval.qstar_family", lambda v: v is None or isinstance(v, str), "a posterior option or null"),
+    ("eval.qstar_family", _families, "a posterior option, a non-empty list of them, or null"),
     ("eval.qstar_init", lambda v: v in ("encoder", "prior"), "encoder or prior"),
     ("eval.qstar_lr", _positive_number, "a positive number"),
     ("eval.qstar_samples", _positive_int, "a positive integer"),
