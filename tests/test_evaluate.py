@@ -4,6 +4,7 @@ exact log p(x), and with bad input."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose_config
-from vae_lab.evaluate import main
+from vae_lab.build import build_model
+from vae_lab.evaluate import main, qstar_families
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
 
@@ -142,3 +144,14 @@ def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
     assert -3 * record["eval/approximation_gap_stderr"] < record["eval/approximation_gap"] < 0.05
     tolerance = 3 * metrics["test/log_px_stderr"]
     assert abs(metrics["test/log_px"] - metrics["eval/log_px_exact"]) < tolerance
+
+
+def test_a_cross_family_qstar_through_untrained_shared_networks_is_flagged(caplog):
+    cfg = compose_config(["posterior=gaussian", "eval.qstar_family=[gaussian,planar,flow]"])
+    model = build_model(cfg, data_dim=64)
+    with caplog.at_level(logging.WARNING):
+        families = qstar_families(cfg, model)
+    assert [suffix for _, suffix in families] == ["", "_planar", "_flow"]
+    assert families[0][0] is model.posterior
+    flagged = [r.getMessage() for r in caplog.records if "never trained" in r.getMessage()]
+    assert len(flagged) == 1 and flagged[0].startswith("eval.qstar_family=flow has networks")

@@ -175,6 +175,14 @@ def qstar_families(cfg: DictConfig, model: VAE) -> list[tuple[PosteriorFamily, s
             continue
         feature_dim = model.posterior.head.in_features
         family = instantiate(family_cfg.posterior, feature_dim=feature_dim, latent_dim=latent_dim)
+        if any(not key.startswith("head.") for key, _ in family.named_parameters()):
+            log.warning(
+                "eval.qstar_family=%s has networks shared across datapoints that this run never "
+                "trained; its q* moves only the per-datapoint parameters through untrained "
+                "networks. For another family's flow q*, planar and sylvester have no shared "
+                "weights.",
+                name,
+            )
         families.append((family, f"_{name}"))
     return families
 
