@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from tests.conftest import CONF_DIR, compose_config
 from tests.test_linear_gaussian import exact_diagonal_kl, known_ppca_vae
 from vae_lab.build import build_datamodule, build_model, build_trainer
+from vae_lab.elbo import elbo_terms
 from vae_lab.gaps import (
     Estimate,
     Figure,
@@ -172,3 +173,27 @@ def test_a_moment_matched_start_has_the_mean_and_spread_of_the_other_q(name):
         z = family.distribution(theta).sample((20000,))
     torch.testing.assert_close(z.mean(0), loc, atol=0.05, rtol=0)
     torch.testing.assert_close(z.std(0), cov.diagonal().sqrt().expand(2, 3), atol=0.0, rtol=0.1)
+
+
+@pytest.mark.parametrize("name", ["planar", "sylvester"])
+def test_qstar_from_the_prior_is_not_stuck_at_the_identity_saddle(name):
+    """With all-zero layer parameters no gradient reaches a planar or Sylvester layer; q* from
+    the prior must start off that saddle, so that its flow layers can move."""
+    torch.manual_seed(0)
+    cfg = compose_config([f"posterior={name}", "latent_dim=3"])
+    family = instantiate(cfg.posterior, feature_dim=4, latent_dim=3)
+    prior = torch.distributions.Independent(
+        torch.distributions.Normal(torch.zeros(3), torch.ones(3)), 1
+    )
+    theta = prior_theta(family, prior, 2, QStarSettings(max_steps=100)).clone()
+    theta.requires_grad_(True)
+    target = torch.tensor([1.5, -0.5, 2.0])
+
+    def log_likelihood(z):  # a non-Gaussian posterior: a ring around the target
+        return -8.0 * ((z - target).norm(dim=-1) - 1.0) ** 2
+
+    torch.manual_seed(1)
+    elbo = elbo_terms(family.distribution(theta), prior, log_likelihood, 64).elbo.sum()
+    (grad,) = torch.autograd.grad(elbo, theta)
+    layers = grad[:, 2 * 3 :]
+    assert float(layers.abs().max()) > 1e-4

@@ -185,12 +185,22 @@ def fit_qstar(
     return QStarFit(theta.detach(), step + 1, rate == 0)
 
 
+#: std of the perturbation of the head bias that q* from the prior starts at
+SADDLE_NOISE = 1e-2
+
+
 def prior_theta(
     family: PosteriorFamily, prior: Distribution, num_points: int, settings: QStarSettings
 ) -> Tensor:
     """theta_0 = argmax_theta -KL(q_theta || p(z)), the family member closest to the prior,
-    repeated for ``num_points`` datapoints, [N, P]."""
-    start = family.head.bias.detach()[None]
+    repeated for ``num_points`` datapoints, [N, P].
+
+    The search starts at the head bias plus N(0, SADDLE_NOISE^2) noise: a planar or Sylvester
+    layer with all-zero parameters (u = w = b = 0; R = R~ = b = 0) is the identity at a saddle
+    where no gradient reaches any of them, and the head's biases start at zero.
+    """
+    bias = family.head.bias.detach()[None]
+    start = bias + SADDLE_NOISE * torch.randn_like(bias)
 
     def no_likelihood(z: Tensor) -> Tensor:
         return z.new_zeros(z.shape[:-1])
