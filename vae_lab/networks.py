@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-#: name -> (module, Glorot gain of the layer it follows)
+#: name -> (module, Glorot gain of the linear layer feeding it)
 ACTIVATIONS: dict[str, tuple[type[nn.Module], float]] = {
     "tanh": (nn.Tanh, 5 / 3),
     "relu": (nn.ReLU, math.sqrt(2)),
