@@ -153,16 +153,20 @@ def test_qstar_is_at_least_as_good_as_the_encoder(family, trained_digits):
     assert gain.value > -3 * gain.stderr
 
 
+def family_in_3d(name: str):
+    """A posterior family over R^3 (features of size 4) and the prior N(0, I)."""
+    cfg = compose_config([f"posterior={name}", "latent_dim=3"])
+    family = instantiate(cfg.posterior, feature_dim=4, latent_dim=3)
+    normal = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    return family, torch.distributions.Independent(normal, 1)
+
+
 @pytest.mark.parametrize("name", ["gaussian", "full_cov", "flow"])
 def test_a_moment_matched_start_has_the_mean_and_spread_of_the_other_q(name):
     """A q* of another family starts at the moments of the encoder's q: here a correlated
     Gaussian, matched by a family whose other parameters are those of its prior fit."""
     torch.manual_seed(0)
-    cfg = compose_config([f"posterior={name}", "latent_dim=3"])
-    family = instantiate(cfg.posterior, feature_dim=4, latent_dim=3)
-    prior = torch.distributions.Independent(
-        torch.distributions.Normal(torch.zeros(3), torch.ones(3)), 1
-    )
+    family, prior = family_in_3d(name)
     settings = QStarSettings(max_steps=300)
     start = prior_theta(family, prior, 2, settings)
     loc = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.0]])
@@ -180,11 +184,7 @@ def test_qstar_from_the_prior_is_not_stuck_at_the_identity_saddle(name):
     """With all-zero layer parameters no gradient reaches a planar or Sylvester layer; q* from
     the prior must start off that saddle, so that its flow layers can move."""
     torch.manual_seed(0)
-    cfg = compose_config([f"posterior={name}", "latent_dim=3"])
-    family = instantiate(cfg.posterior, feature_dim=4, latent_dim=3)
-    prior = torch.distributions.Independent(
-        torch.distributions.Normal(torch.zeros(3), torch.ones(3)), 1
-    )
+    family, prior = family_in_3d(name)
     theta = prior_theta(family, prior, 2, QStarSettings(max_steps=100)).clone()
     theta.requires_grad_(True)
     target = torch.tensor([1.5, -0.5, 2.0])
