@@ -164,17 +164,15 @@ def qstar_families(cfg: DictConfig, model: VAE) -> list[tuple[PosteriorFamily, s
     latent_dim = cfg.latent_dim
     families = []
     for name in names:
-        if name is None:
-            families.append((model.posterior, ""))
-            continue
-        if name not in options:
+        if name is not None and name not in options:
             raise ConfigError(f"eval.qstar_family={name} is invalid: must be one of {options}")
-        family_cfg = compose_default([f"posterior={name}", f"latent_dim={latent_dim}"])
-        if family_cfg.posterior == cfg.posterior:
+        overrides = [f"posterior={name}", f"latent_dim={latent_dim}"]
+        family_cfg = cfg.posterior if name is None else compose_default(overrides).posterior
+        if family_cfg == cfg.posterior:
             families.append((model.posterior, ""))
             continue
         feature_dim = model.posterior.head.in_features
-        family = instantiate(family_cfg.posterior, feature_dim=feature_dim, latent_dim=latent_dim)
+        family = instantiate(family_cfg, feature_dim=feature_dim, latent_dim=latent_dim)
         if any(not key.startswith("head.") for key, _ in family.named_parameters()):
             log.warning(
                 "eval.qstar_family=%s has networks shared across datapoints that this run never "
@@ -323,13 +321,14 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     torch.manual_seed(cfg.eval.seed)
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
     metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
     record = {
         "run_dir": str(run.run_dir),
         "ckpt_path": str(run.ckpt_path),
         "split": cfg.eval.split,
-        "qstar_family": OmegaConf.to_container(cfg.eval, resolve=True)["qstar_family"] or "own",
+        "qstar_family": settings["qstar_family"] or "own",
         **chosen,
-        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "eval": settings,
         **metrics,
     }
     write_json(run.run_dir / EVAL_FILE, record)

@@ -52,7 +52,7 @@ class BernoulliPixels(Independent):
 
     which is torch's ``Bernoulli(logits=l).log_prob(x)`` (= -BCE with logits) summed, computed
     by ``BernoulliLogDensity`` without first broadcasting x to the shape of l (x [B, X] against
-    l [S, B, X]), or by autograd's ops in the rare case where x has more dimensions than l.
+    l [S, B, X]); l is expanded only in the rare case where x has more dimensions than l.
     """
 
     def __init__(self, logits: Tensor) -> None:
@@ -62,9 +62,7 @@ class BernoulliPixels(Independent):
         logits = self.base_dist.logits
         shape = torch.broadcast_shapes(logits.shape, value.shape)
         dtype = torch.promote_types(logits.dtype, value.dtype)
-        if (shape, dtype) == (logits.shape, logits.dtype):
-            return BernoulliLogDensity.apply(logits, value)
-        return (value * logits - F.softplus(logits)).sum(-1)
+        return BernoulliLogDensity.apply(logits.to(dtype).expand(shape), value.to(dtype))
 
 
 class BernoulliLikelihood(nn.Module):
