@@ -1,35 +1,81 @@
-"""Build the run's components from the composed config (``_target_`` instantiation)."""
+"""Build the run's components from the composed config (``_target_`` instantiation).
+
+Every component is built through ``component``: a ConfigError its constructor raises about an
+argument (``num_flows=0 is invalid: ...``) reaches the user named by its key
+(``posterior.num_flows=0 is invalid: ...``), and any other error while building it as one line
+naming the group, so a new component's bad value needs no list of keys to edit.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from vae_lab.data import InMemoryDataModule
 from vae_lab.module import VAE
+from vae_lab.validation import ConfigError
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The error under Hydra's InstantiationException wrappers."""
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def component(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; its errors as one ConfigError naming ``group``."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # every failure to build is the config's
+        cause = _cause(err)
+        if isinstance(cause, ConfigError):
+            message = str(cause)
+            named = message if message.startswith(group) else f"{group}.{message}"
+            raise ConfigError(named) from None
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise ConfigError(
+            f"{group} (_target_ {node.get('_target_')}) cannot be built from this config: "
+            f"{type(cause).__name__}: {text}"
+        ) from err
 
 
 def build_datamodule(cfg: DictConfig) -> InMemoryDataModule:
     """The dataset, binarised exactly when the likelihood models binary data."""
     binary = get_class(cfg.likelihood._target_).binary_data
-    return instantiate(cfg.data, binarize=binary, seed=cfg.seed)
+    return component(cfg.data, "data", binarize=binary, seed=cfg.seed)
+
+
+def build_optimizer(cfg: DictConfig) -> Any:
+    """The optimizer factory of ``cfg.optim``, tried once on a dummy parameter so that a bad
+    value (``optim.lr=-1``) is reported before anything is trained."""
+    factory = component(cfg.optim, "optim")
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as err:
+        values = " ".join(f"optim.{k}={v}" for k, v in cfg.optim.items() if not k.startswith("_"))
+        raise ConfigError(f"optim ({values}) is invalid: {err}") from err
+    return factory
 
 
 def build_model(cfg: DictConfig, data_dim: int) -> VAE:
-    nets = instantiate(cfg.model, data_dim=data_dim, latent_dim=cfg.latent_dim)
+    nets = component(cfg.model, "model", data_dim=data_dim, latent_dim=cfg.latent_dim)
     return VAE(
         encoder=nets.encoder,
         decoder=nets.decoder,
-        posterior=instantiate(
-            cfg.posterior, feature_dim=nets.feature_dim, latent_dim=cfg.latent_dim
+        posterior=component(
+            cfg.posterior, "posterior", feature_dim=nets.feature_dim, latent_dim=cfg.latent_dim
         ),
-        prior=instantiate(cfg.prior, latent_dim=cfg.latent_dim, data_dim=data_dim),
-        likelihood=instantiate(cfg.likelihood, data_dim=data_dim),
-        optimizer=instantiate(cfg.optim),
+        prior=component(cfg.prior, "prior", latent_dim=cfg.latent_dim, data_dim=data_dim),
+        likelihood=component(cfg.likelihood, "likelihood", data_dim=data_dim),
+        optimizer=build_optimizer(cfg),
         kl_warmup_steps=cfg.kl_warmup_steps,
         eval_num_samples=cfg.eval.num_samples,
         eval_chunk_size=cfg.eval.chunk_size,
@@ -41,17 +87,39 @@ def build_model(cfg: DictConfig, data_dim: int) -> VAE:
 def build_logger(cfg: DictConfig, run_dir: Path) -> pl.loggers.Logger | None:
     if cfg.logger is None:
         return None
-    logger = instantiate(cfg.logger, save_dir=str(run_dir))
+    logger = component(cfg.logger, "logger", save_dir=str(run_dir))
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger: pl.loggers.Logger | None) -> pl.Trainer:
+class RunStamp(pl.Callback):
+    """Writes the run's id and config hash into every checkpoint (``checkpoint['vae_lab']``),
+    so that ``vae_lab.evaluate`` can refuse a checkpoint of another run."""
+
+    def __init__(self, stamp: dict[str, str]) -> None:
+        self.stamp = dict(stamp)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["vae_lab"] = self.stamp
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    logger: pl.loggers.Logger | None,
+    stamp: dict[str, str] | None = None,
+) -> pl.Trainer:
     """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint.
 
     Further callbacks come from ``cfg.callbacks``, a mapping of name -> ``_target_`` config
     (a null entry is skipped), so a feature adds its callback by config alone.
     """
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.accelerator=gpu, but torch sees no GPU here: use trainer=cpu (or default)"
+        )
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -59,10 +127,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: pl.loggers.Logger | No
         mode="max",
         save_last=True,
     )
-    extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    return instantiate(
+    extra = [
+        component(c, f"callbacks.{name}")
+        for name, c in (cfg.get("callbacks") or {}).items()
+        if c is not None
+    ]
+    return component(
         cfg.trainer,
+        "trainer",
         logger=logger or False,
-        callbacks=[checkpoint, *extra],
+        callbacks=[checkpoint, *extra, *([RunStamp(stamp)] if stamp else [])],
         default_root_dir=str(run_dir),
     )

@@ -1,29 +1,103 @@
-"""The CSV logger: metrics.csv in the run folder."""
+"""The CSV logger: ``<run folder>/csv/metrics.csv``, one row per logged step.
+
+A Lightning ``Logger`` of its own rather than Lightning's CSVLogger, whose writer deletes an
+existing metrics.csv when it starts: here a file that exists is continued. That happens when a
+run is resumed (``keep_until`` first drops the rows after the checkpoint, which are trained
+again) and under ``ddp_spawn``, whose fit and test stages run in separate processes. Rows are
+appended; the file is rewritten (atomically) only when a new metric name widens its header.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning import loggers as pl_loggers
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+from vae_lab.outputs import write_text
+
+METRICS_CSV = "metrics.csv"
 
 
-class CSVLogger(pl_loggers.CSVLogger):
-    """Lightning's CSVLogger, continuing a ``metrics.csv`` that already exists.
+def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        return [], []
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        return list(reader.fieldnames or []), list(reader)
 
-    Lightning's writer starts with no known columns and, on its first save to an existing file,
-    rewrites it with only the columns it has seen, which fails on the file's other columns.
-    A file is written by more than one writer when a run is resumed, and under ``ddp_spawn``,
-    whose fit and test stages run in separate processes. This writer starts from the file's
-    header instead.
-    """
+
+def _write(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
+
+
+class CSVLogger(Logger):
+    def __init__(self, save_dir: str, name: str = "csv", flush_every_n_steps: int = 100) -> None:
+        super().__init__()
+        self._save_dir = save_dir
+        self._name = name
+        self.flush_every_n_steps = flush_every_n_steps
+        self.pending: list[dict[str, Any]] = []
 
     @property
-    def experiment(self) -> Any:
-        writer = super().experiment  # on ranks other than 0, a dummy without a file
-        path = getattr(writer, "metrics_file_path", None)
-        if isinstance(path, str) and not writer.metrics_keys and Path(path).is_file():
-            with Path(path).open(newline="") as file:
-                writer.metrics_keys = sorted(next(csv.reader(file), []))
-        return writer
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def log_dir(self) -> str:
+        return str(Path(self._save_dir) / self._name)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.log_dir) / METRICS_CSV
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing: the run's config is in its ``.hydra/config.yaml``."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {k: float(v) for k, v in metrics.items()}
+        self.pending.append({**row, "step": step})
+        if len(self.pending) >= self.flush_every_n_steps:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self.pending:
+            return
+        columns, _ = _read(self.path)
+        new = sorted({k for row in self.pending for k in row} - set(columns))
+        if new or not self.path.is_file():
+            columns, rows = _read(self.path)
+            _write(self.path, sorted({*columns, *new}), [*rows, *self.pending])
+        else:
+            with self.path.open("a", newline="") as file:
+                csv.DictWriter(file, fieldnames=columns).writerows(self.pending)
+        self.pending = []
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+    @rank_zero_only
+    def keep_until(self, step: int) -> None:
+        """Drop the rows logged at ``step`` or later (a resumed run logs them again)."""
+        columns, rows = _read(self.path)
+        if rows:
+            _write(self.path, columns, [r for r in rows if r["step"] and int(r["step"]) < step])

@@ -1,8 +1,11 @@
-"""Deliberate faults, to check that a sweep isolates a failing job: ``+fault=nan_loss``."""
+"""Deliberate faults, to check how a run or a sweep meets them: ``+fault=nan_loss``,
+``+fault=sigterm``."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import pytorch_lightning as pl
 
@@ -22,3 +25,16 @@ class InjectNaN(pl.Callback):
     ) -> None:
         if trainer.global_step >= self.at_step:
             pl_module.kl_weight = lambda: math.nan
+
+
+class SendSignal(pl.Callback):
+    """Sends ``signal`` (a name, e.g. SIGTERM) to this process after training step
+    ``at_step``, as a cluster's scheduler would; not in a fit resumed from a checkpoint."""
+
+    def __init__(self, at_step: int = 0, signal: str = "SIGTERM") -> None:
+        self.at_step = at_step
+        self.signal = signal
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.at_step + 1 and trainer.ckpt_path is None:
+            os.kill(os.getpid(), signal.Signals[self.signal])

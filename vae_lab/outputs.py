@@ -1,4 +1,9 @@
-"""The run folder's ``metrics.json``: one flat JSON object, written atomically."""
+"""The run folder's ``metrics.json``: one flat JSON object, written atomically.
+
+Files are written to a temporary file beside the target, given the permissions of any file
+the process creates (0666 less the umask, as ``open`` gives: 0644 by default, so another user
+of a shared folder can read them), then renamed over the target: readers never see half.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +25,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` to ``path`` via a temporary file and a rename: readers never see half."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, with the permissions of a newly created file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump({k: _plain(v) for k, v in record.items()}, tmp, indent=2, sort_keys=True)
+        tmp.write(text)
+    os.chmod(tmp.name, 0o666 & ~_umask())
     os.replace(tmp.name, path)
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` as JSON, atomically (``write_text``)."""
+    plain = {k: _plain(v) for k, v in record.items()}
+    write_text(path, json.dumps(plain, indent=2, sort_keys=True))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:

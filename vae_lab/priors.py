@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from vae_lab.validation import POSITIVE_INT, ConfigError, one_of, require
+
 #: inputs u of shape [K, X] -> the posterior's Gaussian base q0(z|u), batch shape [K].
 BaseEncoder = Callable[[Tensor], Distribution]
 
@@ -113,6 +115,7 @@ class MixtureOfGaussians(Prior):
     """
 
     def __init__(self, latent_dim: int, data_dim: int, num_components: int = 50) -> None:
+        require("num_components", num_components, POSITIVE_INT)
         super().__init__(latent_dim, data_dim)
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.loc = nn.Parameter(torch.randn(num_components, latent_dim))
@@ -145,9 +148,9 @@ class VampPrior(Prior):
     def __init__(
         self, latent_dim: int, data_dim: int, num_components: int = 500, init: str = "data"
     ) -> None:
+        require("num_components", num_components, POSITIVE_INT)
+        require("init", init, one_of("data", "random"))
         super().__init__(latent_dim, data_dim)
-        if init not in ("data", "random"):
-            raise ValueError(f"prior.init={init} is invalid: must be data or random")
         self.num_components = num_components
         self.pseudo_logits = nn.Parameter(torch.randn(num_components, data_dim))
         self.awaiting_data = init == "data"
@@ -162,7 +165,7 @@ class VampPrior(Prior):
             return
         n = len(train)
         if self.num_components > n:
-            raise ValueError(
+            raise ConfigError(
                 f"prior.num_components={self.num_components} exceeds the {n} training "
                 "datapoints the VampPrior starts from: lower it or set prior.init=random"
             )

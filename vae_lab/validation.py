@@ -1,7 +1,10 @@
-"""Checks of the composed config, run before anything is built or trained.
+"""The project's config error and the checks components run on their own arguments.
 
-Each rule names a key, a test and what is allowed, so a bad value gives one clear line such as
-``latent_dim=-1 is invalid: must be a positive integer``.
+A component checks its arguments in its constructor (``require(name, value, rule)``) and raises
+``ConfigError`` naming the argument; ``vae_lab.build`` names the config group, so a bad value of
+any component, a new one included, reaches the user as one line such as
+``posterior.num_flows=0 is invalid: must be a positive integer``. There is no central list of
+keys: only the run's own top-level keys are checked here (``RUN_RULES``).
 """
 
 from __future__ import annotations
@@ -9,80 +12,65 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
-    """A config value outside what is allowed."""
+    """A config value outside what is allowed, or a run folder used the wrong way."""
 
 
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+Rule = tuple[Callable[[Any], bool], str]
 
 
-def _non_negative_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _positive_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+POSITIVE_INT: Rule = (lambda v: _integer(v) and v > 0, "a positive integer")
+NON_NEGATIVE_INT: Rule = (lambda v: _integer(v) and v >= 0, "a non-negative integer")
+POSITIVE_NUMBER: Rule = (
+    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+    "a positive number",
+)
+NON_NEGATIVE_NUMBER: Rule = (
+    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+    "a non-negative number",
+)
 
 
-def _epochs(v: Any) -> bool:
-    return v is None or (isinstance(v, int) and (v == -1 or v >= 1))
+def one_of(*allowed: Any) -> Rule:
+    return (lambda v: v in allowed, "one of " + ", ".join(map(str, allowed)))
 
 
-def _families(v: Any) -> bool:
-    if v is None or isinstance(v, str):
-        return True
-    names = v if isinstance(v, ListConfig) else []
-    return len(names) > 0 and all(f is None or isinstance(f, str) for f in names)
+def optional(rule: Rule) -> Rule:
+    ok, allowed = rule
+    return (lambda v: v is None or ok(v), f"{allowed} or null")
 
 
-Rule = tuple[str, Callable[[Any], bool], str]
+def require(name: str, value: Any, rule: Rule) -> None:
+    """Raise ConfigError ``NAME=VALUE is invalid: must be ...`` unless ``value`` obeys ``rule``."""
+    ok, allowed = rule
+    if not ok(value):
+        raise ConfigError(f"{name}={value} is invalid: must be {allowed}")
 
-RULES: list[Rule] = [
-    ("latent_dim", _positive_int, "a positive integer"),
-    ("seed", _non_negative_int, "a non-negative integer"),
-    ("kl_warmup_steps", _non_negative_int, "a non-negative integer (0 = no warm-up)"),
-    ("optim.lr", _positive_number, "a positive number"),
-    ("eval.num_samples", _positive_int, "a positive integer (K of the IW estimate)"),
-    ("eval.chunk_size", _positive_int, "a positive integer (samples drawn at once)"),
-    ("eval.val_num_samples", _positive_int, "a positive integer"),
-    ("data.batch_size", _positive_int, "a positive integer"),
-    ("data.eval_batch_size", _positive_int, "a positive integer"),
-    ("trainer.max_epochs", _epochs, "a positive integer, or -1 for no limit"),
-    ("posterior.num_flows", _positive_int, "a positive integer"),
-    ("posterior.hidden_dim", _positive_int, "a positive integer"),
-    ("posterior.context_dim", _positive_int, "a positive integer"),
-    ("posterior.num_householder", _positive_int, "a positive integer"),
-    ("prior.num_components", _positive_int, "a positive integer"),
-    ("prior.init", lambda v: v in ("data", "random"), "data or random"),
-    ("eval.split", lambda v: v in ("train", "val", "test"), "one of train, val, test"),
-    ("eval.gap_points", lambda v: v is None or _positive_int(v), "a positive integer or null"),
-    ("eval.seed", _non_negative_int, "a non-negative integer"),
-    ("eval.ais_steps", _positive_int, "a positive integer"),
-    ("eval.ais_chains", _positive_int, "a positive integer"),
-    ("eval.ais_leapfrog_steps", _positive_int, "a positive integer"),
-    ("eval.qstar_family", _families, "a posterior option, a non-empty list of them, or null"),
-    ("eval.qstar_init", lambda v: v in ("encoder", "prior"), "encoder or prior"),
-    ("eval.qstar_lr", _positive_number, "a positive number"),
-    ("eval.qstar_samples", _positive_int, "a positive integer"),
-    ("eval.qstar_max_steps", _positive_int, "a positive integer"),
-    ("eval.qstar_tol", lambda v: v == 0 or _positive_number(v), "a non-negative number"),
-    ("data.data_dim", _positive_int, "a positive integer"),
-    ("data.noise_std", _positive_number, "a positive number"),
-    ("data.num_train", _positive_int, "a positive integer"),
-    ("data.num_val", _positive_int, "a positive integer"),
-    ("data.num_test", _positive_int, "a positive integer"),
-]
+
+#: the run's own keys (no component owns them): key -> rule
+RUN_RULES: dict[str, Rule] = {
+    "seed": NON_NEGATIVE_INT,
+    "latent_dim": POSITIVE_INT,
+    "kl_warmup_steps": (NON_NEGATIVE_INT[0], "a non-negative integer (0 = no warm-up)"),
+    "num_threads": optional(POSITIVE_INT),
+    "eval.num_samples": (POSITIVE_INT[0], "a positive integer (K of the IW estimate)"),
+    "eval.chunk_size": (POSITIVE_INT[0], "a positive integer (samples drawn at once)"),
+    "eval.val_num_samples": POSITIVE_INT,
+}
 
 _MISSING = object()
 
 
-def validate(cfg: DictConfig, rules: list[Rule] = RULES) -> None:
+def validate(cfg: DictConfig, rules: dict[str, Rule] = RUN_RULES) -> None:
     """Raise ConfigError for the first key whose value breaks its rule; absent keys pass."""
-    for key, ok, allowed in rules:
+    for key, rule in rules.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)
-        if value is not _MISSING and not ok(value):
-            raise ConfigError(f"{key}={value} is invalid: must be {allowed}")
+        if value is not _MISSING:
+            require(key, value, rule)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from vae_lab.data.batches import BatchOrder, TensorBatches
 from vae_lab.data.files import DataFileError, RemoteFile, default_root, ensure, fetch
+from vae_lab.validation import POSITIVE_INT, require
 
 Splits = tuple[Tensor, Tensor, Tensor]
 
@@ -35,6 +36,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        require("batch_size", batch_size, POSITIVE_INT)
+        require("eval_batch_size", eval_batch_size, POSITIVE_INT)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.binarize = binarize and not self.already_binary

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from vae_lab.posteriors.flow import FlowLayer, FlowPosterior, FlowTransform, near_identity_
 from vae_lab.posteriors.residual import MIN_SLOPE, solve_tanh_residual
+from vae_lab.validation import POSITIVE_INT, require
 
 _M_SHIFT = math.log(math.exp(1.0 - MIN_SLOPE) - 1.0)  # softplus(_M_SHIFT) = 1 - delta: m(0) = 0
 
@@ -80,6 +81,7 @@ class Planar(FlowPosterior):
     """q0(z|x) pushed through ``num_flows`` amortised planar layers."""
 
     def __init__(self, feature_dim: int, latent_dim: int, num_flows: int) -> None:
+        require("num_flows", num_flows, POSITIVE_INT)
         super().__init__(
             feature_dim, latent_dim, [PlanarLayer(latent_dim) for _ in range(num_flows)]
         )

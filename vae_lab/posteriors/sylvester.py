@@ -29,6 +29,7 @@ from torch import Tensor
 from vae_lab.posteriors.flow import FlowLayer, FlowPosterior, FlowTransform, near_identity_
 from vae_lab.posteriors.residual import MIN_SLOPE, solve_tanh_residual
 from vae_lab.posteriors.triangular import Triangular
+from vae_lab.validation import POSITIVE_INT, require
 
 
 def _matvec(matrix: Tensor, x: Tensor) -> Tensor:
@@ -112,5 +113,7 @@ class Sylvester(FlowPosterior):
     def __init__(
         self, feature_dim: int, latent_dim: int, num_flows: int, num_householder: int
     ) -> None:
+        require("num_flows", num_flows, POSITIVE_INT)
+        require("num_householder", num_householder, POSITIVE_INT)
         layers = [SylvesterLayer(latent_dim, num_householder) for _ in range(num_flows)]
         super().__init__(feature_dim, latent_dim, layers)

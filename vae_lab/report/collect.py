@@ -11,11 +11,17 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from vae_lab.identity import REPLICATE, choices_of, identity
 from vae_lab.outputs import METRICS_FILE
 
+#: the groups a metrics.json names when its run folder has no .hydra/ to read them from
+RECORDED_GROUPS = ("data", "posterior", "prior", "likelihood", "model")
 #: the option order of the contract; options not listed sort after these, alphabetically
 OPTION_ORDER = {
     "posterior": ("gaussian", "full_cov", "flow", "planar", "realnvp", "iaf", "sylvester"),
@@ -44,6 +50,19 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.metrics.get("seed")
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """The run's whole config (``vae_lab.identity``), read from its ``.hydra/``; for a
+        folder without one, the options and seed its metrics.json names."""
+        hydra_dir = self.folder / ".hydra"
+        try:
+            saved = OmegaConf.load(hydra_dir / "config.yaml")
+            choices = choices_of(OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices)
+        except Exception:  # no readable .hydra/: a hand-made or older folder
+            known = {g: self.metrics[g] for g in RECORDED_GROUPS if self.metrics.get(g)}
+            return {**known, REPLICATE: self.seed}
+        return identity(saved, choices)
 
     def value(self, metric: str) -> float | None:
         """A metric as a float (NaN and inf included), None when the run does not have it."""

@@ -1,5 +1,7 @@
-"""The report's numbers: per posterior x prior, mean ± standard deviation over seeds; the CSV.
+"""The report's numbers: per configuration, mean ± standard deviation over seeds; the CSV.
 
+A configuration is a run's whole config but its seed (``vae_lab.identity``): runs that differ
+in any other key are never pooled, and the keys that differ are the table's columns.
 Only completed runs enter the statistics. The standard deviation is the sample one (n - 1);
 a cell with one run shows its value alone, a cell with none a dash, and a metric that only
 some of a cell's runs have (the eval/ gaps, before every run is evaluated) says its n.
@@ -8,13 +10,16 @@ some of a cell's runs have (the eval/ gaps, before every run is evaluated) says 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vae_lab.report.collect import Run, with_status
+from vae_lab.identity import configuration
+from vae_lab.report.collect import Run, option_rank, with_status
 
 #: (metric, column title); the eval/ gaps appear once `python -m vae_lab.evaluate` has run
 METRICS = (
@@ -50,11 +55,14 @@ class Stat:
 
 @dataclass(frozen=True)
 class Cell:
-    """The runs of one data x posterior x prior combination, whatever their status."""
+    """The runs of one configuration (their whole config but the seed), whatever their status.
 
-    data: str
-    posterior: str
-    prior: str
+    ``columns`` are the keys that tell the table's configurations apart, with this one's
+    values: ``posterior`` and ``prior`` always, ``data`` and any other key (``optim.lr``)
+    where they differ among the runs read.
+    """
+
+    columns: tuple[tuple[str, str], ...]
     runs: tuple[Run, ...]
 
     @property
@@ -65,29 +73,109 @@ class Cell:
         values = [run.value(metric) for run in self.completed]
         return Stat.of([v for v in values if v is not None])
 
+    def value(self, key: str) -> str:
+        return dict(self.columns).get(key, "-")
+
+    @property
+    def data(self) -> str:
+        return self.value("data")
+
+    @property
+    def posterior(self) -> str:
+        return self.value("posterior")
+
+    @property
+    def prior(self) -> str:
+        return self.value("prior")
+
     def label(self, with_data: bool = False) -> str:
-        names = (
-            (self.data, self.posterior, self.prior) if with_data else (self.posterior, self.prior)
-        )
-        return " · ".join(names)
+        """E.g. ``flow · vamp`` or ``flow · vamp · optim.lr=0.001``."""
+        parts = [
+            value if key in LEAD else f"{key}={value}"
+            for key, value in self.columns
+            if key != "data" or with_data
+        ]
+        return " · ".join(parts)
+
+
+#: the keys that lead the table, in this order (data only where several datasets are read)
+LEAD = ("data", "posterior", "prior")
+_ABSENT = "—"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def differing_keys(identities: Sequence[dict[str, Any]]) -> list[str]:
+    """The keys whose value differs among the identities (a key one of them lacks included)."""
+    keys = sorted(set().union(*identities)) if identities else []
+    return [
+        key
+        for key in keys
+        if len({_canonical(ident.get(key, _ABSENT)) for ident in identities}) > 1
+    ]
+
+
+def column_keys(identities: Sequence[dict[str, Any]], differing: Sequence[str]) -> list[str]:
+    """The differing keys that name a configuration: a config group's option, and a key of a
+    group only where it differs among runs with the same option of that group (the keys of
+    ``posterior=flow`` and ``posterior=gaussian`` differ because the options do)."""
+    shown = []
+    for key in differing:
+        group = key.split(".")[0]
+        if "." in key and group in differing:
+            by_option: dict[str, set[str]] = {}
+            for ident in identities:
+                values = by_option.setdefault(_canonical(ident.get(group)), set())
+                values.add(_canonical(ident.get(key, _ABSENT)))
+            if all(len(values) == 1 for values in by_option.values()):
+                continue
+        shown.append(key)
+    lead = [k for k in LEAD if k != "data" or k in shown]
+    return [*lead, *(k for k in shown if k not in LEAD)]
+
+
+def _shown_value(value: Any) -> str:
+    return _ABSENT if value is None else str(value)
+
+
+def _order(cell: Cell) -> tuple:
+    """The contract's order of data, posterior and prior, then the other values (numbers
+    by value)."""
+    ranks = [option_rank(key, cell.value(key)) for key in LEAD]
+    rest = []
+    for key, value in cell.columns:
+        if key not in LEAD:
+            try:
+                rest.append((0, float(value), ""))
+            except ValueError:
+                rest.append((1, 0.0, value))
+    return (*ranks, *rest)
 
 
 def cells(runs: Sequence[Run]) -> list[Cell]:
-    """The runs grouped by data, posterior and prior, in the order of ``runs``.
+    """The runs grouped by their whole config but the seed: one cell per configuration.
 
-    Runs whose metrics.json could not be read are left out: their options are unknown.
+    Runs whose metrics.json could not be read are left out: their config is unknown.
     """
-    groups: dict[tuple[str, str, str], list[Run]] = {}
-    for run in runs:
-        if run.status == "unreadable":
-            continue
-        key = (run.choice("data"), run.choice("posterior"), run.choice("prior"))
+    readable = [run for run in runs if run.status != "unreadable"]
+    identities = [configuration(run.identity) for run in readable]
+    differing = differing_keys(identities)
+    columns = column_keys(identities, differing)
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    shown: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+    for run, ident in zip(readable, identities, strict=True):
+        key = tuple(_canonical(ident.get(k, _ABSENT)) for k in differing)
         groups.setdefault(key, []).append(run)
-    return [Cell(*key, runs=tuple(members)) for key, members in groups.items()]
+        values = {**{k: run.choice(k) for k in LEAD}, **ident}
+        shown[key] = tuple((k, _shown_value(values.get(k, _ABSENT))) for k in columns)
+    table = [Cell(shown[key], tuple(members)) for key, members in groups.items()]
+    return sorted(table, key=_order)
 
 
 def several_datasets(table: Sequence[Cell]) -> bool:
-    return len({cell.data for cell in table}) > 1
+    return bool(table) and "data" in dict(table[0].columns)
 
 
 def shown_metrics(runs: Sequence[Run]) -> list[tuple[str, str]]:
@@ -109,19 +197,18 @@ def _shown(stat: Stat | None, runs: int) -> str:
 
 
 def markdown_table(table: Sequence[Cell], metrics: Sequence[tuple[str, str]]) -> str:
-    """One row per cell: its options, the number of completed runs, mean ± sd per metric."""
-    keys = ["data"] if several_datasets(table) else []
-    header = [*keys, "posterior", "prior", "runs", *(title for _, title in metrics)]
+    """One row per cell: its configuration, the number of completed runs, mean ± sd per
+    metric."""
+    keys = [key for key, _ in table[0].columns] if table else list(LEAD[1:])
+    header = [*keys, "runs", *(title for _, title in metrics)]
     lines = [
         "| " + " | ".join(header) + " |",
-        "| " + " | ".join(["---"] * (len(keys) + 2) + ["---:"] * (len(metrics) + 1)) + " |",
+        "| " + " | ".join(["---"] * len(keys) + ["---:"] * (len(metrics) + 1)) + " |",
     ]
     for cell in table:
         stats = [cell.stat(key) for key, _ in metrics]
         row = [
-            *([cell.data] if keys else []),
-            cell.posterior,
-            cell.prior,
+            *(value for _, value in cell.columns),
             str(len(cell.completed)),
             *(_shown(stat, len(cell.completed)) for stat in stats),
         ]
@@ -129,15 +216,17 @@ def markdown_table(table: Sequence[Cell], metrics: Sequence[tuple[str, str]]) ->
     return "\n".join(lines)
 
 
-def write_csv(runs: Sequence[Run], path: Path) -> None:
-    """One row per run: its folder (relative to the CSV's), status, options, metrics, error."""
+def write_csv(runs: Sequence[Run], path: Path, table: Sequence[Cell] = ()) -> None:
+    """One row per run: its folder (relative to the CSV's), status, options, the keys that
+    tell the table's configurations apart, metrics, error."""
+    config = [k for k, _ in table[0].columns if k not in CSV_LEAD] if table else []
     keys = {key for run in runs for key in run.metrics}
-    middle = sorted(keys - set(CSV_LEAD) - set(CSV_TAIL))
-    columns = [*CSV_LEAD, *middle, *CSV_TAIL]
+    middle = sorted(keys - set(CSV_LEAD) - set(CSV_TAIL) - set(config))
+    columns = [*CSV_LEAD, *config, *middle, *CSV_TAIL]
     with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for run in runs:
-            row = {key: run.metrics.get(key) for key in columns}  # None -> empty
+            row = {key: run.metrics.get(key, run.identity.get(key)) for key in columns}
             row["folder"] = os.path.relpath(run.folder, path.parent)
             writer.writerow(row)

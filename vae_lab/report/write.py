@@ -23,5 +23,5 @@ def write_report(folders: Sequence[Path], out_dir: Path | None = None) -> list[P
     plots = [gap_plot(table, out_dir / "gaps.png"), log_px_plot(table, out_dir / "log_px.png")]
     markdown, csv_path = out_dir / "report.md", out_dir / "report.csv"
     markdown.write_text(render(runs, table, plots, out_dir))
-    write_csv(runs, csv_path)
+    write_csv(runs, csv_path, table)
     return [markdown, csv_path, *plots]
