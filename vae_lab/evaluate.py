@@ -29,23 +29,33 @@ in vae_lab.elbo, vae_lab.ais, vae_lab.gaps and vae_lab.data.linear_gaussian.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 from torch.distributions import Distribution
 
 from vae_lab.ais import ais_log_px
 from vae_lab.build import build_datamodule, build_model
+from vae_lab.console import quiet_third_parties
 from vae_lab.data import InMemoryDataModule
 from vae_lab.data.linear_gaussian import ppca_of
 from vae_lab.gaps import (
@@ -59,10 +69,20 @@ from vae_lab.gaps import (
     prior_theta,
 )
 from vae_lab.module import VAE
-from vae_lab.outputs import update_metrics, write_json
+from vae_lab.outputs import METRICS_FILE, read_metrics, update_metrics, write_json
 from vae_lab.posteriors import PosteriorFamily
-from vae_lab.run import USER_ERRORS, use_threads
-from vae_lab.validation import ConfigError, validate
+from vae_lab.run import HYDRA_DIR, USER_ERRORS, saved_choices, use_threads
+from vae_lab.validation import (
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    ConfigError,
+    Rule,
+    one_of,
+    optional,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +92,38 @@ AIS_SHORTFALL_NATS = 1.0
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EVAL_FILE = "eval.json"
 SPLITS = ("train", "val", "test")
-_MISSING = object()
+#: keys an evaluation may override (a prefix ending in "." stands for every key below it)
+EVAL_OVERRIDABLE = ("eval.", "data.root", "data.download", "data.mirror", "data.eval_batch_size",
+                    "num_threads")  # fmt: skip
+#: the config groups of conf/config.yaml's defaults list, composed with the run's options
+DEFAULTS_GROUPS = ("data", "model", "posterior", "prior", "likelihood", "trainer", "logger")
+
+
+def _families(v: Any) -> bool:
+    if v is None or isinstance(v, str):
+        return True
+    return (
+        isinstance(v, list | tuple | ListConfig)
+        and len(v) > 0
+        and all(f is None or isinstance(f, str) for f in v)
+    )
+
+
+#: evaluate's own keys: key -> rule
+EVAL_RULES: dict[str, Rule] = {
+    "eval.split": one_of(*SPLITS),
+    "eval.gap_points": optional(POSITIVE_INT),
+    "eval.seed": NON_NEGATIVE_INT,
+    "eval.ais_steps": POSITIVE_INT,
+    "eval.ais_chains": POSITIVE_INT,
+    "eval.ais_leapfrog_steps": POSITIVE_INT,
+    "eval.qstar_family": (_families, "a posterior option, a non-empty list of them, or null"),
+    "eval.qstar_init": one_of("encoder", "prior"),
+    "eval.qstar_lr": POSITIVE_NUMBER,
+    "eval.qstar_samples": POSITIVE_INT,
+    "eval.qstar_max_steps": POSITIVE_INT,
+    "eval.qstar_tol": NON_NEGATIVE_NUMBER,
+}
 
 
 # -- the run: where it is, its config, its data and model -----------------------------------
@@ -80,66 +131,116 @@ _MISSING = object()
 class Run:
     run_dir: Path
     ckpt_path: Path
-    overrides: list[str]
-
-
-def parse_args(argv: list[str]) -> Run:
-    """``ckpt_path=PATH`` and/or ``run_dir=DIR``, then ``KEY=VALUE`` overrides."""
-    if bad := [a for a in argv if "=" not in a]:
-        raise ConfigError(f"arguments are KEY=VALUE, got {bad[0]!r}")
-    args = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("ckpt_path", "run_dir"))
-    overrides = [a for a in argv if a.split("=", 1)[0] not in ("ckpt_path", "run_dir")]
-    if "ckpt_path" in args:
-        ckpt = Path(args["ckpt_path"]).expanduser()
-        if not ckpt.is_file():
-            raise ConfigError(f"ckpt_path={ckpt} is not a file")
-        default_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        run_dir = Path(args.get("run_dir", default_dir)).expanduser()
-    elif "run_dir" in args:
-        run_dir = Path(args["run_dir"]).expanduser()
-        ckpt = run_dir / "checkpoints" / "best.ckpt"
-        if not ckpt.is_file():
-            raise ConfigError(f"run_dir={run_dir} has no checkpoints/best.ckpt")
-    else:
-        raise ConfigError("give ckpt_path=PATH (a run's checkpoint) or run_dir=DIR (a run folder)")
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise ConfigError(
-            f"{run_dir} is not a run folder (no .hydra/config.yaml): pass run_dir=DIR as well"
-        )
-    return Run(run_dir, ckpt, overrides)
 
 
 def compose_default(overrides: list[str] = ()) -> DictConfig:
-    """The config ``python -m vae_lab.run`` would compose today."""
+    """The config ``python -m vae_lab.run`` would compose today (inside the Hydra app too)."""
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 
-def load_config(run: Run) -> DictConfig:
-    """The run's saved config, with today's ``eval`` defaults beneath and the overrides on top."""
-    saved = OmegaConf.load(run.run_dir / ".hydra" / "config.yaml")
-    cfg = OmegaConf.merge({"eval": compose_default().eval}, saved)
-    for override in run.overrides:
-        key = override.split("=", 1)[0]
-        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-            raise ConfigError(f"{override} is invalid: the run's config has no key {key}")
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(run.overrides))
+def _is_run(folder: Path) -> bool:
+    return (folder / HYDRA_DIR / "config.yaml").is_file()
+
+
+def locate(run_dir: str | None, ckpt_path: str | None) -> list[Run]:
+    """The runs to evaluate: ``ckpt_path`` (in its run folder, or ``run_dir``), the run folder
+    ``run_dir`` (its ``checkpoints/best.ckpt``), or every run of the sweep folder ``run_dir``."""
+    if ckpt_path is not None:
+        ckpt = Path(ckpt_path).expanduser()
+        if not ckpt.is_file():
+            raise ConfigError(f"ckpt_path={ckpt} is not a file")
+        default_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        folder = Path(run_dir).expanduser() if run_dir is not None else default_dir
+        if not _is_run(folder):
+            raise ConfigError(
+                f"{folder} is not a run folder (no .hydra/config.yaml): pass run_dir=DIR as well"
+            )
+        return [Run(folder, ckpt)]
+    if run_dir is None:
+        raise ConfigError("give ckpt_path=PATH (a run's checkpoint) or run_dir=DIR (a run folder)")
+    folder = Path(run_dir).expanduser()
+    jobs = [folder] if _is_run(folder) else sorted(p.parent.parent for p in folder.glob("*/.hydra"))
+    jobs = [job for job in jobs if _is_run(job)]
+    if not jobs:
+        raise ConfigError(f"run_dir={folder} is not a run or sweep folder (no .hydra/config.yaml)")
+    runs = [Run(job, job / "checkpoints" / "best.ckpt") for job in jobs]
+    if len(runs) == 1 and not runs[0].ckpt_path.is_file():
+        raise ConfigError(f"run_dir={folder} has no checkpoints/best.ckpt")
+    return runs
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def load_config(run: Run, request: DictConfig, overrides: list[str]) -> DictConfig:
+    """The run's saved config over today's defaults for its options (keys it predates), with
+    the ``overrides`` of ``EVAL_OVERRIDABLE`` keys on top, their values as Hydra composed and
+    checked them in ``request``."""
+    if bad := [o for o in overrides if not _key(o).startswith(EVAL_OVERRIDABLE)]:
+        raise ConfigError(
+            f"{bad[0]}: evaluate keeps the run's trained model and config; only "
+            f"{', '.join(k + '*' if k.endswith('.') else k for k in EVAL_OVERRIDABLE)} may "
+            "change (a q* in another family: eval.qstar_family=NAME)"
+        )
+    saved = OmegaConf.load(run.run_dir / HYDRA_DIR / "config.yaml")
+    try:
+        choices = saved_choices(run.run_dir)
+        options = [f"{g}={o}" for g, o in choices.items() if g in DEFAULTS_GROUPS]
+        base = compose_default(options)
+    except Exception:  # an option that no longer exists, or no hydra.yaml: plain defaults
+        base = compose_default()
+    OmegaConf.set_struct(base, False)
+    cfg = OmegaConf.merge(base, saved)
+    for override in overrides:
+        key = _key(override)
+        OmegaConf.update(cfg, key, OmegaConf.select(request, key), force_add=True)
     validate(cfg)
+    validate(cfg, EVAL_RULES)
     return cfg
 
 
-def load_model(cfg: DictConfig, ckpt_path: Path, data_dim: int) -> VAE:
+def load_model(cfg: DictConfig, run: Run, data_dim: int) -> VAE:
+    """The model of ``cfg`` with the weights of the run's checkpoint, refused when the
+    checkpoint records another run than the folder's metrics.json."""
     model = build_model(cfg, data_dim)
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(run.ckpt_path, map_location="cpu", weights_only=True)
+        stamp = checkpoint.get("vae_lab", {})
         model.load_state_dict(checkpoint["state_dict"])
     except Exception as err:  # any failure here is the checkpoint's: say so in one line
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(
-            f"ckpt_path={ckpt_path} is not a checkpoint of this run's model: "
+            f"ckpt_path={run.ckpt_path} is not a checkpoint of this run's model: "
             f"{type(err).__name__}: {first_line}"
         ) from err
+    metrics_file = run.run_dir / METRICS_FILE
+    own = read_metrics(run.run_dir).get("run_id") if metrics_file.is_file() else None
+    if own is not None and stamp.get("run_id") not in (None, own):
+        raise ConfigError(
+            f"ckpt_path={run.ckpt_path} is a checkpoint of another run (run_id "
+            f"{stamp['run_id']}), not of {run.run_dir} (run_id {own}): evaluate it in its own "
+            "folder"
+        )
     return model.eval().requires_grad_(False)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before any work, a run folder this process cannot write into."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".tmp"):
+            pass
+        for name in (METRICS_FILE, EVAL_FILE):
+            if (run_dir / name).exists() and not os.access(run_dir / name, os.W_OK):
+                raise PermissionError(f"{run_dir / name} is read-only")
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write into {run_dir} ({err.strerror or err}): evaluate writes eval.json "
+            "and metrics.json there; make it writable or evaluate a copy"
+        ) from err
 
 
 def select_points(datamodule: InMemoryDataModule, split: str, num: int | None, seed: int) -> Tensor:
@@ -186,12 +287,21 @@ def qstar_families(cfg: DictConfig, model: VAE) -> list[tuple[PosteriorFamily, s
 
 
 # -- the stages ------------------------------------------------------------------------------
+#: called with the figures so far when a stage starts and when it ends, so that each stage's
+#: figures are written as it finishes (``evaluate_run`` sets it)
+stage_sink: ContextVar[Callable[[dict[str, float]], None]] = ContextVar(
+    "stage_sink", default=lambda metrics: None
+)
+
+
 @contextmanager
 def timed(metrics: dict[str, float], stage: str) -> Iterator[None]:
+    stage_sink.get()(metrics)
     start = time.perf_counter()
     yield
     metrics[f"eval/time_{stage}_s"] = time.perf_counter() - start
     log.info("%s took %.1f s", stage, metrics[f"eval/time_{stage}_s"])
+    stage_sink.get()(metrics)
 
 
 def put(metrics: dict[str, float], name: str, figure: Figure) -> None:
@@ -309,46 +419,107 @@ def log_to_wandb(run_dir: Path, cfg: DictConfig, metrics: dict[str, float]) -> N
     wandb_run.finish()
 
 
-def evaluate_run(run: Run) -> dict[str, Any]:
-    """Every stage on the run; writes eval.json and merges the metrics into metrics.json."""
-    cfg = load_config(run)
+def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """Every stage on the run; eval.json and metrics.json are written as each stage ends."""
+    cfg = load_config(run, request, overrides)
+    check_writable(run.run_dir)
     use_threads(cfg.get("num_threads"))
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()
-    model = load_model(cfg, run.ckpt_path, datamodule.data_dim)
+    model = load_model(cfg, run, datamodule.data_dim)
     families = qstar_families(cfg, model)
     torch.manual_seed(cfg.eval.seed)
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
-    metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
     settings = OmegaConf.to_container(cfg.eval, resolve=True)
-    record = {
+    head = {
         "run_dir": str(run.run_dir),
         "ckpt_path": str(run.ckpt_path),
         "split": cfg.eval.split,
         "qstar_family": settings["qstar_family"] or "own",
-        **chosen,
         "eval": settings,
-        **metrics,
     }
-    write_json(run.run_dir / EVAL_FILE, record)
-    update_metrics(run.run_dir, metrics)
+
+    def save(metrics: dict[str, float], status: str = "running", **chosen: Any) -> None:
+        write_json(run.run_dir / EVAL_FILE, {**head, "status": status, **chosen, **metrics})
+        update_metrics(run.run_dir, metrics)
+
+    token = stage_sink.set(save)
+    try:
+        metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
+    finally:
+        stage_sink.reset(token)
+    save(metrics, "completed", **chosen)
     log_to_wandb(run.run_dir, cfg, metrics)
-    return record
+    return {**head, "status": "completed", **chosen, **metrics}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+_failures: list[str] = []  # the runs of this process whose evaluation failed
+
+
+def evaluate_request(request: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
+    """Evaluate every run the request names, each failing alone: a failure is printed as one
+    line and counted, and the next run is evaluated."""
+    records = []
+    runs = locate(request.get("run_dir"), request.get("ckpt_path"))
+    for run in runs:
+        try:
+            record = evaluate_run(run, request, overrides)
+        except USER_ERRORS as err:
+            if len(runs) == 1:
+                raise
+            print(f"error: {run.run_dir}: {err}", file=sys.stderr)
+            _failures.append(str(run.run_dir))
+            continue
+        for key, value in record.items():
+            if key.startswith("eval/"):
+                print(f"{key:40s} {value:.4f}")
+        print(f"written: {run.run_dir / EVAL_FILE}")
+        records.append(record)
+    return records
+
+
+def _request_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of the evaluated config: not the runs named, not Hydra's."""
+    return [o for o in overrides if _key(o) not in ("run_dir", "ckpt_path", "hydra")
+            and not o.startswith("hydra")]  # fmt: skip
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def app(request: DictConfig) -> None:
+    """``python -m vae_lab.evaluate``: the request composed by Hydra (``conf/evaluate.yaml``)."""
+    quiet_third_parties()
+    hydra_cfg = HydraConfig.get()
+    try:
+        evaluate_request(request, _request_overrides(list(hydra_cfg.overrides.task)))
+    except USER_ERRORS as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(
+            f"error: {request.get('run_dir') or request.get('ckpt_path')}: {err}", file=sys.stderr
+        )
+        _failures.append(str(request.get("run_dir")))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """The command line; given ``argv`` (tests), the same request composed with Hydra's
+    compose API in this process, returning the last run's record."""
+    if argv is None:
+        app()
+        if _failures:
+            print(f"{len(_failures)} evaluation(s) failed", file=sys.stderr)
+            sys.exit(1)
+        return None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        record = evaluate_run(parse_args(sys.argv[1:] if argv is None else argv))
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            request = compose("evaluate", overrides=list(argv))
+            records = evaluate_request(request, _request_overrides(list(argv)))
+    except (*USER_ERRORS, HydraException, OmegaConfBaseException) as err:
+        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
-    for key, value in record.items():
-        if key.startswith("eval/"):
-            print(f"{key:40s} {value:.4f}")
-    print(f"written: {Path(record['run_dir']) / EVAL_FILE}")
-    return record
+    return records[-1] if records else None
 
 
 if __name__ == "__main__":

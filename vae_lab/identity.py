@@ -55,7 +55,8 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def _excluded(key: str) -> bool:
+def outside_identity(key: str) -> bool:
+    """Whether ``key`` (or a key above it) is one of ``NOT_IDENTITY``."""
     return any(key == k or key.startswith(f"{k}.") for k in NOT_IDENTITY)
 
 
@@ -72,7 +73,7 @@ def identity(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any]) ->
         plain = OmegaConf.to_container(config, resolve=True)
     except Exception:  # an unresolvable value identifies the run as written
         plain = OmegaConf.to_container(config, resolve=False)
-    flat = {k: v for k, v in _flatten(plain).items() if not _excluded(k)}
+    flat = {k: v for k, v in _flatten(plain).items() if not outside_identity(k)}
     groups = {g: str(o) for g, o in choices.items() if g not in NOT_IDENTITY_GROUPS}
     return {**groups, **flat}
 

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from vae_lab.build import build_datamodule, build_logger, build_model, build_trainer
+from vae_lab.console import quiet_third_parties
 from vae_lab.csv_logger import CSVLogger
 from vae_lab.data import DataFileError
 from vae_lab.identity import choices_of, config_hash, identity
@@ -267,6 +268,7 @@ def prepare(
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def app(cfg: DictConfig) -> dict[str, Any] | None:
+    quiet_third_parties()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

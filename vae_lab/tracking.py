@@ -1,16 +1,25 @@
-"""Weights & Biases tracking: one W&B run per job, every job of a sweep in one group.
+"""Weights & Biases tracking: one W&B run per job; the replicates of a configuration in one group.
 
-A run joins the group ``<name>-<stamp>``: the experiment preset's name (else the script's) and
-the last two parts of the sweep folder, by default its date and time, so all jobs of one sweep
-share it. It is tagged ``posterior:NAME``, ``prior:NAME``, ``data:NAME`` and ``seed:N`` and
-carries the chosen options under ``choices`` beside the full resolved config, so the W&B UI can
-group and filter runs by family. W&B goes online when the user is logged in, offline otherwise.
+A run is identified by its whole config (``vae_lab.identity``), and W&B follows the same rule
+as the report: a run joins the group ``<name>-<stamp>-<configuration>``, the experiment
+preset's name (else the script's), the last two parts of the sweep folder (by default its date
+and time) and a short hash of the job's overrides but its seed, so the seeds of one
+configuration of one sweep share a group and two configurations never do. It is tagged
+``posterior:NAME``, ``prior:NAME``, ``data:NAME``, ``KEY:VALUE`` for each other override that
+changes what it computes, and ``seed:N``; its config is the full resolved config plus
+``choices`` (the option of every group) and ``overrides``.
+
+W&B goes online when the user is logged in and its server answers within
+``PROBE_TIMEOUT_S`` seconds, offline otherwise; a sweep finds the server unreachable once,
+says so in one line with the ``wandb sync`` command, and runs all its jobs offline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +29,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from pytorch_lightning.loggers import WandbLogger
 
+from vae_lab.identity import REPLICATE, outside_identity
+
 log = logging.getLogger(__name__)
+
+#: seconds to wait for the W&B server before logging offline
+PROBE_TIMEOUT_S = 3.0
+#: in a sweep folder: the server was found unreachable, every job logs offline
+OFFLINE_MARK = ".wandb_offline"
+#: W&B's limit on the length of a tag
+MAX_TAG = 64
 
 TAGGED_CHOICES = ("posterior", "prior", "data")
 #: log p(x) = ELBO + inference gap: the columns of the W&B table logged at the end of a run
@@ -34,6 +52,25 @@ class RunLabels:
     group: str | None = None
     name: str | None = None
     choices: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    folder: Path | None = None  # the sweep folder of a sweep's job, else the run folder
+
+
+def identity_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that change what a run computes: not Hydra's, not ``NOT_IDENTITY``'s."""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra") or outside_identity(key):
+            continue
+        kept.append(override)
+    return kept
+
+
+def configuration_label(overrides: list[str]) -> str:
+    """A short hash of the overrides but the seed: shared by the replicates of a configuration."""
+    kept = sorted(o for o in identity_overrides(overrides) if o.split("=", 1)[0] != REPLICATE)
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:8]
 
 
 def hydra_labels() -> RunLabels:
@@ -49,11 +86,56 @@ def hydra_labels() -> RunLabels:
     folder = Path(hydra.sweep.dir if hydra.mode == RunMode.MULTIRUN else hydra.run.dir)
     study = choices.get("experiment", hydra.job.name)
     name = "-".join(choices[g] for g in ("posterior", "prior") if g in choices)
+    overrides = list(hydra.overrides.task)
     return RunLabels(
-        group=f"{study}-{'_'.join(folder.parts[-2:])}",
+        group=f"{study}-{'_'.join(folder.parts[-2:])}-{configuration_label(overrides)}",
         name=f"{name}-{hydra.job.num}" if hydra.mode == RunMode.MULTIRUN else name or None,
         choices=choices,
+        overrides=overrides,
+        folder=folder if hydra.mode == RunMode.MULTIRUN else None,
     )
+
+
+def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when W&B's server accepts a connection within ``timeout`` s, else why not."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{url.hostname}:{port} cannot be reached ({err.strerror or err})"
+    return None
+
+
+def choose_mode(mode: str, save_dir: str, labels: RunLabels) -> str:
+    """online or offline; ``auto`` is online when logged in and the server answers. Going
+    offline for want of a server is said once (per sweep), with the command that uploads."""
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    if mode != "online":
+        if mode == "offline":
+            log.info(
+                "W&B is offline; upload later with: wandb sync %s/wandb/offline-run-*", save_dir
+            )
+        return mode
+    mark = labels.folder / OFFLINE_MARK if labels.folder is not None else None
+    if mark is not None and mark.exists():
+        return "offline"
+    problem = server_reachable()
+    if problem is None:
+        return "online"
+    runs = f"{labels.folder}/*" if mark is not None else save_dir
+    print(
+        f"W&B: {problem}; logging offline, upload later with: "
+        f"wandb sync {runs}/wandb/offline-run-*",
+        file=sys.stderr,
+    )
+    if mark is not None:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+    return "offline"
 
 
 def _wandb_logged_in() -> bool:
@@ -76,14 +158,16 @@ def wandb_logger(
     """A Lightning WandbLogger; ``mode`` is online, offline or auto (online when logged in).
 
     ``group`` and ``name`` default to the job's (see the module docstring); ``tags`` are added
-    to the job's own tags: posterior, prior, data and, given ``seed``, the seed.
+    to the job's own tags: posterior, prior, data, the other overrides and, given ``seed``,
+    the seed.
     """
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
-    if mode == "offline":
-        log.info("W&B is offline; upload later with: wandb sync %s/wandb/offline-run-*", save_dir)
     labels = hydra_labels()
+    mode = choose_mode(mode, save_dir, labels)
     job_tags = [f"{g}:{labels.choices[g]}" for g in TAGGED_CHOICES if g in labels.choices]
+    for override in identity_overrides(labels.overrides):
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in (*labels.choices, REPLICATE):
+            job_tags.append(f"{key}:{value}"[:MAX_TAG])
     if seed is not None:
         job_tags.append(f"seed:{seed}")
     return WandbLogger(
@@ -94,7 +178,7 @@ def wandb_logger(
         job_type=job_type,
         tags=[*job_tags, *(tags or [])],
         name=name or labels.name,
-        config={"choices": labels.choices},
+        config={"choices": labels.choices, "overrides": labels.overrides},
     )
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,24 @@ def default_root() -> Path:
     return Path(os.environ.get("VAE_LAB_DATA", Path.home() / ".cache" / "vae_lab"))
 
 
+def _unreadable(path: Path, err: OSError) -> DataFileError:
+    return DataFileError(
+        f"cannot read {path} ({err.strerror or err}): make it readable to this user, "
+        "or point data.root (or $VAE_LAB_DATA) at a readable copy"
+    )
+
+
 def _read_verified(path: Path, file: RemoteFile) -> bytes:
     try:
-        content = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as err:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise _unreadable(path, err) from err
+    try:
+        content = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
         raise DataFileError(
-            f"{path} is corrupt ({err}): delete it and set data.download=true, "
-            f"or copy a good one from {file.url}"
+            f"{path} is corrupt ({type(err).__name__}: {err}): delete it and set "
+            f"data.download=true, or copy a good one from {file.url}"
         ) from err
     digest = hashlib.sha256(content).hexdigest()
     if digest != file.sha256:
@@ -55,7 +67,13 @@ def _read_verified(path: Path, file: RemoteFile) -> bytes:
 
 def _download(file: RemoteFile, path: Path, mirror: str | None) -> None:
     url = f"{mirror.rstrip('/')}/{file.dataset}/{file.name}" if mirror else file.url
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataFileError(
+            f"cannot create {path.parent} to download into ({err.strerror or err}): point "
+            "data.root (or $VAE_LAB_DATA) at a writable folder"
+        ) from err
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".part") as tmp:
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
@@ -80,8 +98,17 @@ def _download(file: RemoteFile, path: Path, mirror: str | None) -> None:
 
 def ensure(file: RemoteFile, root: str | Path, download: bool, mirror: str | None = None) -> Path:
     """The local path of ``file``, downloading it first if it is missing and that is allowed."""
-    path = Path(root).expanduser() / file.dataset / file.name
-    if not path.exists():
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataFileError(f"data.root={root} is a file, not a folder: point it at a folder")
+    path = root / file.dataset / file.name
+    try:
+        exists = path.exists()
+        if exists:
+            path.open("rb").close()
+    except OSError as err:
+        raise _unreadable(path, err) from err
+    if not exists:
         if not download:
             raise DataFileError(
                 f"missing data file {path}: point data.root (or $VAE_LAB_DATA) at a folder "
