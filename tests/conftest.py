@@ -32,6 +32,11 @@ SHRINK = [
 ]
 
 
+def options(group: str) -> list[str]:
+    """The options of a config group: the files of ``conf/<group>/``."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 def compose_config(overrides: list[str] = (), shrink: bool = True) -> DictConfig:
     """The config ``python -m vae_lab.run`` would compose, optionally shrunk for speed."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

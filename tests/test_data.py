@@ -13,7 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from tests.conftest import CONF_DIR, options
 from vae_lab.data import BinarizedMNIST, DataFileError, Digits, IDXImages
 from vae_lab.data.batches import BatchOrder, TensorBatches
 from vae_lab.data.files import RemoteFile, fetch
@@ -79,8 +81,16 @@ def test_grey_level_data_stays_grey_level():
     assert dm.splits[2].unique().numel() > 2
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
-def test_idx_datasets_have_the_real_counts(name, shared_data):
+IDX_OPTIONS = [  # the data options read from IDX files
+    name
+    for name in options("data")
+    if OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")._target_ == "vae_lab.data.IDXImages"
+]
+
+
+@pytest.mark.parametrize("option", IDX_OPTIONS)
+def test_idx_datasets_have_the_real_counts(option, shared_data):
+    name = OmegaConf.load(CONF_DIR / "data" / f"{option}.yaml").name
     dm = IDXImages(name=name, root=str(shared_data), binarize=True)
     dm.setup()
     train, val, test = dm.splits

@@ -1,12 +1,8 @@
-"""DDP on 2 CPU processes gives the numbers of 1 process; interrupted runs resume exactly."""
+"""DDP on 2 CPU processes gives the numbers of 1 process (resumed runs: tests/test_records.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
-import pytorch_lightning as pl
 
 from tests.conftest import compose_config
 from vae_lab.build import build_datamodule, build_model, build_trainer
@@ -75,46 +71,6 @@ def test_ddp_sim_training_writes_one_metrics_file(tmp_path):
     assert metrics["status"] == "completed"
     names = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".png")
     assert names == ["checkpoints", "csv", "metrics.json"]
-
-
-class TerminateAt(pl.Callback):
-    """Sends SIGTERM to this process at a given global step, as a scheduler would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    # 3 epochs of 3 steps; SIGTERM mid-way through the second epoch
-    base = [
-        "trainer.max_epochs=3",
-        "trainer.deterministic=true",
-        "trainer.limit_test_batches=2",
-        "logger=csv",
-    ]  # the resumed run continues the interrupted one's metrics.csv
-    straight = execute(compose_config(base), tmp_path / "straight", {})
-    assert straight["status"] == "completed"
-
-    interrupted = compose_config(
-        [
-            *base,
-            "+callbacks.terminate._target_=tests.test_distributed.TerminateAt",
-            "+callbacks.terminate.step=5",
-        ]
-    )
-    with pytest.raises(SystemExit):
-        execute(interrupted, tmp_path / "resumed", {})
-    record = read_metrics(tmp_path / "resumed")
-    assert record["status"] == "failed" and "resume=true" in record["error"]
-
-    resumed = execute(compose_config([*base, "resume=true"]), tmp_path / "resumed", {})
-    assert resumed["status"] == "completed"
-    for key in ("test/log_px", "test/elbo", "test/kl", "val/elbo", "train/loss"):
-        assert resumed[key] == pytest.approx(straight[key], rel=1e-6, abs=1e-6), key
 
 
 def test_evaluation_ignores_the_training_precision(ckpt, tmp_path):

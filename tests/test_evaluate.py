@@ -79,7 +79,8 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
     ("argument", "expected"),
     [
         ("eval.split=bogus", "eval.split=bogus is invalid: must be one of train, val, test"),
-        ("eval.nope=1", "eval.nope=1 is invalid: the run's config has no key eval.nope"),
+        ("eval.nope=1", "Could not override 'eval.nope'."),
+        ("posterior=planar", "posterior=planar: evaluate keeps the run's trained model"),
         ("eval.qstar_family=nope", "eval.qstar_family=nope is invalid: must be one of ["),
         ("eval.qstar_family=[]", "eval.qstar_family=[] is invalid: must be a posterior option"),
     ],
@@ -105,7 +106,7 @@ def test_bad_checkpoint_is_one_line(digits_run, tmp_path, capsys):
     ("argument", "expected"),
     [
         ("ckpt_path={tmp}/nope.ckpt", "ckpt_path={tmp}/nope.ckpt is not a file"),
-        ("run_dir={tmp}", "run_dir={tmp} has no checkpoints/best.ckpt"),
+        ("run_dir={tmp}", "run_dir={tmp} is not a run or sweep folder"),
         ("eval.num_samples=10", "give ckpt_path=PATH (a run's checkpoint) or run_dir=DIR"),
     ],
 )

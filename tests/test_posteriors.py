@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, options
 from tests.test_flows import per_point_jacobians, single_thread  # noqa: F401 (autouse)
 from vae_lab.elbo import analytic_kl, elbo_terms, rsample_with_log_prob
 from vae_lab.likelihoods import BernoulliLikelihood
@@ -29,7 +29,7 @@ from vae_lab.posteriors import (
 )
 from vae_lab.run import execute
 
-FAMILIES = ["gaussian", "full_cov", "flow", "planar", "realnvp", "iaf", "sylvester"]
+FAMILIES = options("posterior")
 DISTINCT = [name for name in FAMILIES if name != "flow"]  # flow is realnvp
 FLOWS = ["planar", "realnvp", "iaf", "sylvester"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR, compose_config, options
 from vae_lab.build import build_model
 from vae_lab.outputs import read_metrics
 from vae_lab.posteriors import DiagonalGaussian, FullCovGaussian
@@ -174,7 +174,7 @@ def posterior_option(name: str):
 
 
 @pytest.mark.parametrize("posterior", [posterior_option("gaussian"), posterior_option("flow")])
-@pytest.mark.parametrize("prior", ["standard", "mixture", "vamp"])
+@pytest.mark.parametrize("prior", options("prior"))
 def test_every_prior_trains_end_to_end_on_digits(prior, posterior, tmp_path):
     cfg = compose_config([f"prior={prior}", f"posterior={posterior}"])
     execute(cfg, tmp_path, {"prior": prior, "posterior": posterior, "data": "digits"})

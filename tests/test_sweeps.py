@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import HydraContext, RunMode
@@ -24,7 +25,7 @@ from matplotlib.image import imread
 from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config, report_cli
 from vae_lab.outputs import read_metrics
 from vae_lab.report.plots import DPI, WIDTH, figure_height
-from vae_lab.schedules import IWAESchedule
+from vae_lab.schedules import IWAESchedule, iwae_stage
 
 GRID = ["posterior=gaussian,full_cov", "seed=0,1"]
 
@@ -205,7 +206,7 @@ def test_presets_compose_to_their_recipe():
     )
     assert list(gap.model.hidden) == [200, 200] and gap.model.activation == "tanh"
     assert (gap.optim.lr, gap.optim.eps, gap.trainer.max_epochs) == (1e-3, 1e-4, 3280)
-    assert gap.callbacks.lr_schedule._target_ == "vae_lab.schedules.IWAESchedule"
+    assert gap.lr_schedule._target_ == "vae_lab.schedules.IWAESchedule"
     quick = compose_config(["experiment=quick"], shrink=False)
     assert quick.data._target_ == "vae_lab.data.Digits" and quick.optim.eps == 1e-4
 
@@ -219,7 +220,16 @@ def test_presets_compose_to_their_recipe():
 
 
 def test_iwae_schedule_stages():
-    stages = [IWAESchedule().stage(epoch) for epoch in range(3280)]
+    stages = [iwae_stage(epoch) for epoch in range(3280)]
     assert [stages.count(i) for i in range(8)] == [3**i for i in range(8)]  # 3,280 epochs
-    assert stages == sorted(stages) and IWAESchedule().stage(3280) == 8
-    assert IWAESchedule().decay ** 7 == pytest.approx(0.1)
+    assert stages == sorted(stages) and iwae_stage(3280) == 8
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = IWAESchedule(optimizer)
+    rates = []
+    for _ in range(40):  # stages 0..3: 1, 3, 9, 27 epochs
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = [1e-3 * 10 ** (-iwae_stage(epoch) / 7) for epoch in range(40)]
+    assert rates == pytest.approx(expected, rel=1e-12)
+    assert rates[-1] == pytest.approx(1e-3 * 10 ** (-3 / 7))

@@ -14,6 +14,7 @@ import pytest
 from wandb.proto import wandb_internal_pb2
 
 from tests.conftest import REPO, SHRINK
+from vae_lab.tracking import configuration_label
 
 FILE_HEADER = 7  # ":W&B", a 2-byte magic number, a version byte
 BLOCK = 32 * 1024  # the LevelDB log format: 32 KiB blocks of chunks with 7-byte headers
@@ -102,19 +103,48 @@ def wandb_sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
-def test_each_job_is_its_own_run_in_the_sweeps_group(wandb_sweep):
+def test_each_job_is_its_own_run_grouped_with_its_replicates(wandb_sweep):
     runs = [wandb_run(wandb_sweep / job)["run"] for job in ("0", "1")]
     assert runs[0].run_id != runs[1].run_id  # wandb.finish() between the jobs
-    assert runs[0].run_group == runs[1].run_group == "run-wandb0_sweep"  # script, sweep folder
+    groups = [run.run_group for run in runs]  # script, sweep folder, configuration
+    assert groups[0] != groups[1] and all(g.startswith("run-wandb0_sweep-") for g in groups)
     for run, posterior in zip(runs, ("gaussian", "full_cov"), strict=True):
         assert run.job_type == "train"
-        assert set(run.tags) == {
-            f"posterior:{posterior}",
-            "prior:standard",
-            "data:digits",
-            "seed:0",
-        }
+        expected = {f"posterior:{posterior}", "prior:standard", "data:digits", "seed:0",
+                    "trainer.max_epochs:1", "eval.num_samples:20"}  # fmt: skip
+        assert expected <= set(run.tags)
+        assert not any(t.startswith(("logger", "hydra", "trainer.enable_progress_bar"))
+                       for t in run.tags)  # fmt: skip
         assert run.display_name.startswith(f"{posterior}-standard-")
+
+
+def test_the_replicates_of_a_configuration_share_a_group():
+    label = configuration_label(["posterior=flow", "seed=0", "data.root=/here"])
+    assert label == configuration_label(["seed=1", "posterior=flow"])
+    assert label != configuration_label(["posterior=flow", "optim.lr=0.003", "seed=0"])
+
+
+def test_an_unreachable_server_means_offline_once_per_sweep(tmp_path):
+    """A bogus key and a server that refuses connections: the sweep completes offline."""
+    sweep_dir = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_API_KEY="0" * 40, WANDB_BASE_URL="http://127.0.0.1:9",
+               WANDB_CONFIG_DIR=str(tmp_path / "config"), WANDB_DATA_DIR=str(tmp_path / "data"),
+               WANDB_CACHE_DIR=str(tmp_path / "cache"), WANDB_SILENT="true",
+               OMP_NUM_THREADS="1")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_lab.run", "-m", *SHRINK[:-1], "logger=wandb", "seed=0,1",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = [line for line in result.stderr.splitlines() if line.startswith("W&B:")]
+    assert said == [
+        "W&B: 127.0.0.1:9 cannot be reached (Connection refused); logging offline, upload later "
+        f"with: wandb sync {sweep_dir}/*/wandb/offline-run-*"
+    ]
+    for job in ("0", "1"):
+        assert list((sweep_dir / job / "wandb").glob("offline-run-*")), job
 
 
 def test_run_has_the_full_resolved_config_and_the_choices(wandb_sweep):

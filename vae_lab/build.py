@@ -77,6 +77,7 @@ def build_model(cfg: DictConfig, data_dim: int) -> VAE:
         likelihood=component(cfg.likelihood, "likelihood", data_dim=data_dim),
         optimizer=build_optimizer(cfg),
         kl_warmup_steps=cfg.kl_warmup_steps,
+        lr_scheduler=component(cfg.lr_schedule, "lr_schedule") if cfg.get("lr_schedule") else None,
         eval_num_samples=cfg.eval.num_samples,
         eval_chunk_size=cfg.eval.chunk_size,
         val_num_samples=cfg.eval.val_num_samples,

@@ -70,6 +70,7 @@ from vae_lab.gaps import (
 )
 from vae_lab.module import VAE
 from vae_lab.outputs import METRICS_FILE, read_metrics, update_metrics, write_json
+from vae_lab.paths import CONF_DIR
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.run import HYDRA_DIR, USER_ERRORS, saved_choices, use_threads
 from vae_lab.validation import (
@@ -89,7 +90,6 @@ log = logging.getLogger(__name__)
 #: AIS this far below the IW estimate is reported: its annealing is too short for the model
 AIS_SHORTFALL_NATS = 1.0
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EVAL_FILE = "eval.json"
 SPLITS = ("train", "val", "test")
 #: keys an evaluation may override (a prefix ending in "." stands for every key below it)
@@ -485,7 +485,7 @@ def _request_overrides(overrides: list[str]) -> list[str]:
             and not o.startswith("hydra")]  # fmt: skip
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def app(request: DictConfig) -> None:
     """``python -m vae_lab.evaluate``: the request composed by Hydra (``conf/evaluate.yaml``)."""
     quiet_third_parties()

@@ -28,6 +28,7 @@ from vae_lab.metrics import ActiveUnits, IWLogLikelihood
 from vae_lab.posteriors import PosteriorFamily
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class VAE(pl.LightningModule):
@@ -40,6 +41,7 @@ class VAE(pl.LightningModule):
         likelihood: nn.Module,
         optimizer: OptimizerFactory,
         kl_warmup_steps: int = 0,
+        lr_scheduler: SchedulerFactory | None = None,
         eval_num_samples: int = 5000,
         eval_chunk_size: int = 500,
         val_num_samples: int = 100,
@@ -52,6 +54,7 @@ class VAE(pl.LightningModule):
         self.prior = prior
         self.likelihood = likelihood
         self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.kl_warmup_steps = kl_warmup_steps
         self.eval_num_samples = eval_num_samples
         self.eval_chunk_size = eval_chunk_size
@@ -123,8 +126,12 @@ class VAE(pl.LightningModule):
         last = batch_idx == self.trainer.num_training_batches - 1
         return last or getattr(self.trainer._logger_connector, "should_update_logs", True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}

@@ -39,6 +39,7 @@ from vae_lab.data import DataFileError
 from vae_lab.identity import choices_of, config_hash, identity
 from vae_lab.interrupts import Interrupted, catching_signals, received, resume_command
 from vae_lab.outputs import METRICS_FILE, read_metrics, write_json, write_text
+from vae_lab.paths import CONF_DIR
 from vae_lab.tracking import finish_run
 from vae_lab.validation import ConfigError, validate
 
@@ -266,7 +267,7 @@ def prepare(
     return cfg, record, None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> dict[str, Any] | None:
     quiet_third_parties()
     hydra_cfg = HydraConfig.get()

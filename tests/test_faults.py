@@ -1,0 +1,341 @@
+"""Bad inputs and faults, as a user meets them on the command line.
+
+Each case runs ``python -m vae_lab.run`` or ``python -m vae_lab.evaluate`` (in this process,
+through the same ``main``; the signal cases in a subprocess) beside a finished run and a
+finished sweep, and checks: the exit status; that the message is one line naming the key or
+file (and no traceback); that nothing already written (metrics.json, ``.hydra/``,
+checkpoints, CSV, the other jobs of a sweep) changed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA, SHRINK
+from vae_lab import evaluate, run
+from vae_lab.outputs import read_metrics
+
+#: the fixture's data: a sweep of two jobs, each a finished run
+SWEEP_JOBS = ("0", "1")
+DATA_FILES = {"mnist": ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")}
+EVAL_QUICK = ["eval.gap_points=10", "eval.num_samples=20", "eval.ais_steps=5",
+              "eval.qstar_max_steps=20"]  # fmt: skip
+
+
+def invoke(module: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """``python -m vae_lab.<module> ARGV`` in this process: its exit status and stderr."""
+    monkeypatch.setattr(sys, "argv", [f"vae_lab.{module}", *argv])
+    status = 0
+    try:
+        {"run": run.main, "evaluate": evaluate.main}[module]()
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A sweep folder of two finished runs (``sweep/0``, ``sweep/1``), made once."""
+    sweep = tmp_path_factory.mktemp("finished") / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_lab.run", "-m", *SHRINK, "logger=csv", "seed=0,1",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` but the appended logs (``run.log``): path -> sha256."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".log"
+    }
+
+
+# -- how a case prepares its folder ----------------------------------------------------------
+def corrupt_gzip(tmp: Path) -> None:
+    """binarized_mnist with a byte flipped inside its training file's compressed stream."""
+    folder = tmp / "data" / "binarized_mnist"
+    shutil.copytree(SHARED_DATA / "binarized_mnist", folder)
+    path = folder / "binarized_mnist_train.amat.gz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def wrong_content(tmp: Path) -> None:
+    """mnist whose training file is a good gzip of other bytes (fails its checksum)."""
+    folder = tmp / "data" / "mnist"
+    shutil.copytree(SHARED_DATA / "mnist", folder)
+    (folder / DATA_FILES["mnist"][0]).write_bytes(gzip.compress(b"not mnist"))
+
+
+def unreadable_file(tmp: Path) -> None:
+    """mnist whose training file cannot be read (a folder in its place: unreadable as root too)."""
+    folder = tmp / "data" / "mnist"
+    shutil.copytree(SHARED_DATA / "mnist", folder)
+    (folder / DATA_FILES["mnist"][0]).unlink()
+    (folder / DATA_FILES["mnist"][0]).mkdir()
+
+
+def root_is_a_file(tmp: Path) -> None:
+    (tmp / "afile").write_text("not a folder")
+
+
+def corrupt_checkpoint(tmp: Path) -> None:
+    (tmp / "sweep" / "0" / "checkpoints" / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+
+
+def foreign_folder(tmp: Path) -> None:
+    """``other``: a copy of job 0 recorded as another run (its own run_id)."""
+    shutil.copytree(tmp / "sweep" / "0", tmp / "other")
+    record = read_metrics(tmp / "other")
+    (tmp / "other" / "metrics.json").write_text(json.dumps({**record, "run_id": "another"}))
+
+
+def empty_folder(tmp: Path) -> None:
+    (tmp / "empty").mkdir()
+
+
+@dataclass
+class Case:
+    argv: list[str]  # {tmp}: the case's folder; {run}: a finished run; {sweep}: its sweep
+    status: int
+    names: str  # what the message names: the key or file (formatted like argv)
+    module: str = "run"
+    setup: Callable[[Path], None] | None = None
+    data: bool = False  # needs the shared datasets
+    shrink: bool = True
+    fields: dict = field(default_factory=dict)
+
+
+NEW = "hydra.run.dir={tmp}/new"
+CASES = {
+    # config values, checked by the run or by the component that owns them
+    "latent_dim": Case(["latent_dim=-1", NEW], 2, "latent_dim=-1"),
+    "seed": Case(["seed=-3", NEW], 2, "seed=-3"),
+    "kl_warmup_steps": Case(["kl_warmup_steps=-1", NEW], 2, "kl_warmup_steps=-1"),
+    "eval.num_samples": Case(["eval.num_samples=0", NEW], 2, "eval.num_samples=0"),
+    "eval.chunk_size": Case(["eval.chunk_size=0", NEW], 2, "eval.chunk_size=0"),
+    "optim.lr": Case(["optim.lr=-0.1", NEW], 2, "optim.lr=-0.1"),
+    "num_threads": Case(["num_threads=-1", NEW], 2, "num_threads=-1"),
+    "posterior.num_flows": Case(
+        ["posterior=planar", "posterior.num_flows=0", NEW], 2, "posterior.num_flows=0"
+    ),  # fmt: skip
+    "posterior.hidden_dim": Case(
+        ["posterior=realnvp", "posterior.hidden_dim=-1", NEW], 2, "posterior.hidden_dim=-1"
+    ),  # fmt: skip
+    "posterior.num_householder": Case(
+        ["posterior=sylvester", "posterior.num_householder=0", NEW],
+        2,
+        "posterior.num_householder=0",
+    ),  # fmt: skip
+    "prior.init": Case(["prior=vamp", "prior.init=pixels", NEW], 2, "prior.init=pixels"),
+    "prior.num_components": Case(
+        ["prior=mixture", "prior.num_components=0", NEW], 2, "prior.num_components=0"
+    ),  # fmt: skip
+    "vamp above the training set": Case(
+        ["prior=vamp", "prior.num_components=100000", NEW], 2, "prior.num_components=100000"
+    ),
+    "data.batch_size": Case(["data.batch_size=0", NEW], 2, "data.batch_size=0"),
+    "data.noise_std": Case(
+        ["data=linear_gaussian", "likelihood=gaussian", "model=linear", "data.noise_std=-1", NEW],
+        2,
+        "data.noise_std=-1",
+    ),  # fmt: skip
+    "real data, Bernoulli": Case(["data=linear_gaussian", NEW], 2, "likelihood=gaussian"),
+    "a GPU trainer without a GPU": Case(["trainer=gpu", NEW], 2, "trainer=cpu", shrink=False),
+    "nan loss": Case(["+fault=nan_loss", NEW], 1, "optim.lr"),
+    "unknown option": Case(["posterior=nope", NEW], 1, "posterior/nope"),
+    "unknown key": Case(["nope=1", NEW], 1, "nope"),
+    "resume=true": Case(["resume=true", NEW], 2, "resume=True"),
+    # data files
+    "missing data file": Case(
+        ["data=mnist", "data.root={tmp}/nothing", NEW],
+        2,
+        "{tmp}/nothing/mnist/train-images-idx3-ubyte.gz",
+    ),  # fmt: skip
+    "data.root is a file": Case(
+        ["data=mnist", "data.root={tmp}/afile", "data.download=true", NEW],
+        2,
+        "data.root={tmp}/afile",
+        setup=root_is_a_file,
+    ),  # fmt: skip
+    "corrupt gzip": Case(
+        ["data=binarized_mnist", "data.root={tmp}/data", NEW],
+        2,
+        "{tmp}/data/binarized_mnist/binarized_mnist_train.amat.gz is corrupt",
+        setup=corrupt_gzip,
+        data=True,
+    ),  # fmt: skip
+    "checksum": Case(
+        ["data=mnist", "data.root={tmp}/data", NEW],
+        2,
+        "{tmp}/data/mnist/train-images-idx3-ubyte.gz fails its checksum",
+        setup=wrong_content,
+        data=True,
+    ),  # fmt: skip
+    "unreadable data file": Case(
+        ["data=mnist", "data.root={tmp}/data", NEW],
+        2,
+        "cannot read {tmp}/data/mnist/train-images-idx3-ubyte.gz",
+        setup=unreadable_file,
+        data=True,
+    ),  # fmt: skip
+    # run folders: one run each, one sweep each, resumed only under their saved config
+    "run into a run folder": Case(["hydra.run.dir={run}"], 2, "{run} already holds a run"),
+    "sweep into a sweep folder": Case(
+        ["-m", "seed=2,3", "hydra.sweep.dir={sweep}"],
+        2,
+        "{sweep} already holds the runs of another sweep",
+    ),  # fmt: skip
+    "resume with another seed": Case(["resume={run}", "seed=3"], 2, "seed=3"),
+    "resume with another family": Case(["resume={run}", "posterior=flow"], 2, "posterior=flow"),
+    "resume a folder without a run": Case(
+        ["resume={tmp}/empty"], 2, "resume={tmp}/empty", setup=empty_folder
+    ),  # fmt: skip
+    "resume into another folder": Case(
+        ["resume={run}", "hydra.run.dir={tmp}/new"], 2, "resume={run} with hydra.run.dir={tmp}/new"
+    ),  # fmt: skip
+    "resume in a sweep": Case(
+        ["-m", "resume={run}", "hydra.sweep.dir={tmp}/s"], 1, "resume", fields={"stdout": True}
+    ),  # fmt: skip
+    # evaluate
+    "evaluate another family": Case(
+        ["run_dir={run}", "posterior=planar"], 2, "posterior=planar", "evaluate"
+    ),  # fmt: skip
+    "evaluate eval.split": Case(
+        ["run_dir={run}", "eval.split=bogus"], 2, "eval.split=bogus", "evaluate"
+    ),  # fmt: skip
+    "evaluate unknown key": Case(["run_dir={run}", "eval.nope=1"], 1, "eval.nope", "evaluate"),
+    "evaluate q* family": Case(
+        ["run_dir={run}", "eval.qstar_family=nope", *EVAL_QUICK],
+        2,
+        "eval.qstar_family=nope",
+        "evaluate",
+    ),  # fmt: skip
+    "evaluate no run": Case(
+        ["run_dir={tmp}/empty"], 2, "run_dir={tmp}/empty", "evaluate", setup=empty_folder
+    ),  # fmt: skip
+    "evaluate missing checkpoint": Case(
+        ["ckpt_path={tmp}/nope.ckpt"], 2, "ckpt_path={tmp}/nope.ckpt", "evaluate"
+    ),  # fmt: skip
+    "evaluate corrupt checkpoint": Case(
+        ["ckpt_path={run}/checkpoints/corrupt.ckpt"],
+        2,
+        "ckpt_path={run}/checkpoints/corrupt.ckpt",
+        "evaluate",
+        setup=corrupt_checkpoint,
+    ),  # fmt: skip
+    "evaluate a foreign checkpoint": Case(
+        ["run_dir={tmp}/other", "ckpt_path={run}/checkpoints/best.ckpt", *EVAL_QUICK],
+        2,
+        "is a checkpoint of another run",
+        "evaluate",
+        setup=foreign_folder,
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_one_line_and_changes_nothing(name, finished, tmp_path, monkeypatch, capsys):
+    case = CASES[name]
+    if case.data and not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"the shared datasets are not at {SHARED_DATA}")
+    shutil.copytree(finished, tmp_path / "sweep")
+    if case.setup is not None:
+        case.setup(tmp_path)
+    places = {"tmp": tmp_path, "run": tmp_path / "sweep" / "0", "sweep": tmp_path / "sweep"}
+    before = snapshot(tmp_path)
+    argv = [a.format(**places) for a in case.argv]
+    shrink = SHRINK if case.module == "run" and case.shrink and argv[0] != "-m" else []
+    if argv[0].startswith("resume="):
+        shrink = []  # a resumed run takes its saved config
+    status, err = invoke(case.module, [*shrink, *argv], monkeypatch, capsys)
+
+    assert status == case.status, err[-2000:]
+    assert "Traceback" not in err
+    if not case.fields.get("stdout"):
+        lines = [line for line in err.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error: ")]
+        message = errors[0] if errors else lines[0]  # Hydra's own errors: their first line
+        assert len(errors) <= 1, err
+        assert case.names.format(**places) in message, message
+    after = snapshot(tmp_path)
+    changed = {p for p in before if before[p] != after.get(p)}
+    assert not changed, changed  # nothing already written changed (or vanished)
+    finished_runs = {p for p in after if p.startswith("sweep/")}
+    assert finished_runs == {p for p in before if p.startswith("sweep/")}  # nor added to them
+
+
+def run_cli(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vae_lab.run", *argv], cwd=cwd, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_records_interrupted_and_exits_128_plus_it(sig, tmp_path):
+    folder = tmp_path / "run"
+    result = run_cli(*SHRINK, "+fault=sigterm", f"callbacks.fault.signal={sig}",
+                     "callbacks.fault.at_step=1", f"hydra.run.dir={folder}")  # fmt: skip
+    assert result.returncode == 128 + signal.Signals[sig], result.stderr[-2000:]
+    command = f"python -m vae_lab.run resume={folder}"
+    assert (
+        result.stderr.strip().splitlines()[-1] == f"interrupted by {sig}: continue with {command}"
+    )
+    record = read_metrics(folder)
+    assert record["status"] == "interrupted" and command in record["error"]
+
+
+def test_a_sweep_stopped_by_sigterm_says_how_its_jobs_ended(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *SHRINK, "+fault=none,sigterm,none", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "1 completed, 1 interrupted, 1 not started" in result.stdout
+    assert result.stderr.strip().splitlines()[-1].endswith(f"resume={sweep / '1'}")
+    assert [read_metrics(sweep / j)["status"] for j in ("0", "1")] == ["completed", "interrupted"]
+    assert not (sweep / "2").exists()
+
+
+def test_evaluate_refuses_a_folder_it_cannot_write_before_any_work(finished, tmp_path, monkeypatch):
+    shutil.copytree(finished / "0", tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(evaluate.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(evaluate, "build_datamodule", lambda cfg: pytest.fail("work started"))
+    with pytest.raises(evaluate.ConfigError, match=f"cannot write into {tmp_path / 'run'}"):
+        evaluate.evaluate_run(evaluate.locate(str(tmp_path / "run"), None)[0],
+                              evaluate.compose_default(), [])  # fmt: skip
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_several_evaluations_each_fail_alone(finished, tmp_path, monkeypatch, capsys):
+    shutil.copytree(finished, tmp_path / "sweep")
+    runs = [tmp_path / "nothing", tmp_path / "sweep" / "1"]
+    argv = ["-m", f"run_dir={runs[0]},{runs[1]}", *EVAL_QUICK]
+    status, err = invoke("evaluate", argv, monkeypatch, capsys)
+    assert status == 1
+    assert f"error: {runs[0]}: run_dir={runs[0]} is not a run or sweep folder" in err
+    assert read_metrics(runs[1])["eval/log_px"] < 0  # the second was evaluated all the same
+    assert json.loads((runs[1] / "eval.json").read_text())["status"] == "completed"

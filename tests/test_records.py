@@ -1,0 +1,167 @@
+"""Records that cannot be lost, mixed up or mislabelled.
+
+A run is its whole config: metrics.json records its overrides and config hash, and the report
+groups runs by every key that differs among them (the seed aside). A run stopped by SIGTERM
+and resumed from its folder alone ends where an uninterrupted one does. Every option of every
+group, discovered from ``conf/``, composes and builds.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_class
+
+from tests.conftest import REPO, SHRINK, compose_config, options, report_cli
+from tests.test_sweeps import run_sweep, table_rows
+from vae_lab.build import build_datamodule, build_model
+from vae_lab.identity import config_hash, identity
+from vae_lab.outputs import read_metrics, write_json
+from vae_lab.report.collect import find_runs
+from vae_lab.report.table import cells, markdown_table
+
+
+def test_a_sweep_over_any_key_gives_a_row_per_value_with_its_column(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_sweep(sweep, "optim.lr=1e-3,3e-3", "seed=0,1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [read_metrics(sweep / str(job)) for job in range(4)]
+    assert all("optim.lr=0.001" in j["overrides"] or "optim.lr=0.003" in j["overrides"]
+               for j in jobs)  # fmt: skip
+    assert len({j["config_hash"] for j in jobs}) == 4  # seeds and rates: four configs
+    report = report_cli(str(sweep))
+    assert report.returncode == 0, report.stderr
+    text = (sweep / "report.md").read_text()
+    assert "| posterior | prior | optim.lr | runs |" in text
+    assert [row[:4] for row in table_rows(text)] == [
+        ["gaussian", "standard", "0.001", "2"],
+        ["gaussian", "standard", "0.003", "2"],
+    ]
+    with (sweep / "report.csv").open() as file:
+        assert {row["optim.lr"] for row in csv.DictReader(file)} == {"0.001", "0.003"}
+
+
+def hand_made(folder: Path, overrides: list[str], seed: int, log_px: float) -> None:
+    """A run folder as vae_lab.run leaves it: .hydra/ of the composed config, metrics.json."""
+    cfg = compose_config([*overrides, f"seed={seed}"])
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(json.dumps(dict(cfg_plain(cfg))))
+    choices = {"posterior": cfg.posterior._target_.rsplit(".", 1)[1].lower(), "prior": "standard"}
+    hydra = {"hydra": {"runtime": {"choices": choices}}}
+    (folder / ".hydra" / "hydra.yaml").write_text(json.dumps(hydra))
+    write_json(folder / "metrics.json", {**choices, "seed": seed, "status": "completed",
+                                         "test/log_px": log_px, "test/elbo": log_px - 1,
+                                         "test/inference_gap": 1.0})  # fmt: skip
+
+
+def cfg_plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_runs_differing_in_a_key_the_report_never_heard_of_are_never_pooled(tmp_path):
+    """The case of the issue: a key added later (here ``+train_num_samples``) is swept."""
+    for job, (samples, seed) in enumerate([(1, 0), (1, 1), (5, 0), (5, 1)]):
+        hand_made(tmp_path / str(job), [f"+train_num_samples={samples}"], seed, -30.0 - samples)
+    table = cells(find_runs([tmp_path]))
+    assert [(cell.columns, len(cell.runs)) for cell in table] == [
+        ((("posterior", "diagonalgaussian"), ("prior", "standard"), ("train_num_samples", "1")), 2),
+        ((("posterior", "diagonalgaussian"), ("prior", "standard"), ("train_num_samples", "5")), 2),
+    ]
+    header = markdown_table(table, [("test/log_px", "log p(x)")]).splitlines()[0]
+    assert header == "| posterior | prior | train_num_samples | runs | log p(x) |"
+
+
+def test_keys_that_do_not_change_the_result_leave_the_identity_alone():
+    base = compose_config(["data=mnist"])
+    same = compose_config(["data=mnist", "data.root=/elsewhere", "num_threads=3", "logger=csv",
+                           "trainer.enable_progress_bar=true"])  # fmt: skip
+    choices = {"posterior": "gaussian"}
+    assert config_hash(identity(base, choices)) == config_hash(identity(same, choices))
+    for change in ("seed=1", "optim.lr=0.01", "trainer.max_epochs=2", "kl_warmup_steps=3"):
+        other = compose_config([change])
+        assert config_hash(identity(other, choices)) != config_hash(identity(base, choices))
+
+
+def tree_hash(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vae_lab.run", *argv], cwd=REPO, capture_output=True, text=True,
+        timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+def csv_rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "csv" / "metrics.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_sigterm_then_resume_from_the_folder_alone_equals_an_uninterrupted_run(tmp_path):
+    # 4 epochs of 3 steps, validation every epoch; SIGTERM after step 7, mid-way through the
+    # third epoch: the resumed run starts again from the checkpoint of the second epoch
+    base = [*SHRINK, "trainer.max_epochs=4", "trainer.limit_test_batches=2",
+            "trainer.log_every_n_steps=1", "trainer.deterministic=true", "logger=csv"]  # fmt: skip
+    straight = run_cli(*base, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    folder = tmp_path / "resumed"
+    stopped = run_cli(*base, "+fault=sigterm", "callbacks.fault.at_step=7",
+                      f"hydra.run.dir={folder}")  # fmt: skip
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert read_metrics(folder)["status"] == "interrupted"
+    hydra_before = tree_hash(folder / ".hydra")
+
+    resumed = run_cli(f"resume={folder}")  # the folder alone
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.strip().splitlines()[-1].endswith(f"run folder {folder}")
+    assert tree_hash(folder / ".hydra") == hydra_before
+    ours, theirs = read_metrics(folder), read_metrics(tmp_path / "straight")
+    assert ours["status"] == "completed" and ours["seed"] == 0
+    for key in ("test/log_px", "test/elbo", "test/kl", "val/elbo", "train/loss"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-6), key
+    rows, straight_rows = csv_rows(folder), csv_rows(tmp_path / "straight")
+    assert [(r["epoch"], r["step"]) for r in rows] == [
+        (r["epoch"], r["step"]) for r in straight_rows
+    ]  # every epoch and step once, none lost, none twice
+    assert {r["epoch"] for r in rows if r["val/elbo"]} == {"0.0", "1.0", "2.0", "3.0"}
+
+
+@pytest.mark.slow
+def test_resume_extends_a_run_and_records_the_override(tmp_path):
+    folder = tmp_path / "run"
+    first = run_cli(*SHRINK, "logger=csv", f"hydra.run.dir={folder}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = read_metrics(folder)
+    extended = run_cli(f"resume={folder}", "trainer.max_epochs=2")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    after = read_metrics(folder)
+    assert after["overrides"] == [*before["overrides"], "trainer.max_epochs=2"]
+    assert after["run_id"] == before["run_id"] and after["config_hash"] != before["config_hash"]
+    assert "max_epochs: 2" in (folder / ".hydra" / "config.yaml").read_text()
+    assert {r["epoch"] for r in csv_rows(folder) if r.get("val/elbo")} == {"0.0", "1.0"}
+
+
+@pytest.mark.parametrize("group", ["posterior", "prior", "likelihood", "data", "model"])
+def test_every_option_composes_and_builds(group):
+    """Each option of ``conf/<group>/`` with the defaults elsewhere (and what it needs)."""
+    needs = {  # options that only make sense with another option
+        "linear_gaussian": ["likelihood=gaussian", "model=linear"],
+    }
+    for option in options(group):
+        cfg = compose_config([f"{group}={option}", *needs.get(option, [])])
+        assert get_class(cfg[group]._target_) if group != "model" else cfg.model._target_
+        if group == "data" and option not in ("digits", "linear_gaussian"):
+            continue  # a file dataset: read in tests/test_data.py
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule.data_dim)
+        assert model.posterior.latent_dim == cfg.latent_dim, option
