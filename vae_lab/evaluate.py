@@ -1,10 +1,14 @@
-"""``python -m vae_lab.evaluate ckpt_path=PATH [KEY=VALUE ...]`` (or ``run_dir=DIR``):
+"""``python -m vae_lab.evaluate run_dir=DIR [KEY=VALUE ...]`` (or ``ckpt_path=PATH``):
 re-evaluate a trained run and split its inference gap (Cremer, Li & Duvenaud 2018).
 
-It loads the run's saved config (``<run>/.hydra/config.yaml``), applies the command line's
-``KEY=VALUE`` overrides on top (``eval`` keys the run predates take their current defaults),
-rebuilds the data and the model and loads the checkpoint (with ``run_dir=``,
-``checkpoints/best.ckpt``). On ``eval.gap_points`` datapoints of ``eval.split``, a subset
+A Hydra app (``conf/evaluate.yaml``): the command line is composed and checked over today's
+run config as ``vae_lab.run``'s is; then the run's saved config (``<run>/.hydra/config.yaml``)
+replaces it, over today's defaults for the run's options (keys the run predates), and only the
+``EVAL_OVERRIDABLE`` keys of the command line are applied on top. ``-m run_dir=A,B`` or
+``run_dir=SWEEP_DIR`` evaluates several runs, each failing alone. It rebuilds the data and the
+model and loads the checkpoint (with ``run_dir=``, ``checkpoints/best.ckpt``), refusing one
+that records another run than the folder's; it checks that it can write into the folder before
+any work. On ``eval.gap_points`` datapoints of ``eval.split``, a subset
 seeded by ``eval.seed``, it runs these stages, each timed (``eval/time_<stage>_s``):
 
     iw      log p(x) by importance sampling, K = eval.num_samples (the ELBO core's estimate)
@@ -21,9 +25,9 @@ the run's own in metrics.json (the other figures are recomputed and overwritten)
 ``eval.qstar_family=[flow,gaussian]``, fits a q* in each family after one IW and one AIS
 stage: Cremer et al.'s L[q*_flow] and L[q*_FFG] of one model in one call.
 
-Writes ``eval.json`` in the run folder, merges its ``eval/*`` metrics into ``metrics.json`` and
-adds them to the run's W&B run if it had one. This module composes the pieces; the maths is
-in vae_lab.elbo, vae_lab.ais, vae_lab.gaps and vae_lab.data.linear_gaussian.
+Writes ``eval.json`` in the run folder and merges its ``eval/*`` metrics into ``metrics.json``
+as each stage ends, and adds them to the run's W&B run if it had one. This module composes the
+pieces; the maths is in vae_lab.elbo, vae_lab.ais, vae_lab.gaps and vae_lab.data.linear_gaussian.
 """
 
 from __future__ import annotations
