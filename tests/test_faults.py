@@ -303,6 +303,8 @@ def test_a_signal_records_interrupted_and_exits_128_plus_it(sig, tmp_path):
     )
     record = read_metrics(folder)
     assert record["status"] == "interrupted" and command in record["error"]
+    assert "💡" not in result.stdout + result.stderr  # Lightning's advertisement is silenced
+    assert "LeafSpec" not in result.stderr  # and so is its internal deprecation warning
 
 
 def test_a_sweep_stopped_by_sigterm_says_how_its_jobs_ended(tmp_path):
@@ -339,3 +341,45 @@ def test_several_evaluations_each_fail_alone(finished, tmp_path, monkeypatch, ca
     assert f"error: {runs[0]}: run_dir={runs[0]} is not a run or sweep folder" in err
     assert read_metrics(runs[1])["eval/log_px"] < 0  # the second was evaluated all the same
     assert json.loads((runs[1] / "eval.json").read_text())["status"] == "completed"
+
+
+def test_evaluate_writes_each_stage_as_it_ends_and_files_are_readable_by_others(
+    finished, tmp_path, monkeypatch
+):
+    """A stage that fails (here AIS) loses nothing of the stages before it."""
+    shutil.copytree(finished / "0", tmp_path / "run")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("AIS broke")
+
+    monkeypatch.setattr(evaluate, "ais_log_px", broken)
+    with evaluate.initialize_config_dir(config_dir=str(evaluate.CONF_DIR), version_base="1.3"):
+        request = evaluate.compose("evaluate", overrides=EVAL_QUICK)
+        with pytest.raises(RuntimeError, match="AIS broke"):
+            evaluate.evaluate_run(evaluate.locate(str(tmp_path / "run"), None)[0], request,
+                                  EVAL_QUICK)  # fmt: skip
+    written = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert written["status"] == "running" and written["eval"]["num_samples"] == 20
+    for key in ("eval/log_px", "eval/elbo", "eval/time_iw_s", "eval/time_elbo_s"):
+        assert key in written and key in read_metrics(tmp_path / "run"), key
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("eval.json", "metrics.json"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_evaluate_gives_a_run_today_s_defaults_for_keys_it_predates(
+    finished, tmp_path, monkeypatch, capsys
+):
+    shutil.copytree(finished / "1", tmp_path / "run")
+    saved = tmp_path / "run" / ".hydra" / "config.yaml"
+    old = "\n".join(
+        line
+        for line in saved.read_text().splitlines()
+        if not line.startswith(("lr_schedule", "kl_warmup_steps"))
+    )  # a run made before these top-level keys existed
+    saved.write_text(old)
+    status, err = invoke("evaluate", [f"run_dir={tmp_path / 'run'}", *EVAL_QUICK], monkeypatch,
+                         capsys)  # fmt: skip
+    assert status == 0, err[-2000:]
+    assert read_metrics(tmp_path / "run")["eval/log_px"] < 0
