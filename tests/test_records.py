@@ -95,10 +95,10 @@ def tree_hash(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess:
+def run_cli(*argv: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vae_lab.run", *argv], cwd=REPO, capture_output=True, text=True,
-        timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
     )  # fmt: skip
 
 
@@ -149,6 +149,20 @@ def test_resume_extends_a_run_and_records_the_override(tmp_path):
     assert after["run_id"] == before["run_id"] and after["config_hash"] != before["config_hash"]
     assert "max_epochs: 2" in (folder / ".hydra" / "config.yaml").read_text()
     assert {r["epoch"] for r in csv_rows(folder) if r.get("val/elbo")} == {"0.0", "1.0"}
+
+
+@pytest.mark.slow
+def test_a_requeued_slurm_job_resumes_its_folder_by_itself(tmp_path):
+    folder = tmp_path / "run"
+    argv = [*SHRINK, "trainer.max_epochs=3", "+fault=sigterm", "callbacks.fault.at_step=4",
+            f"hydra.run.dir={folder}"]  # fmt: skip
+    assert run_cli(*argv).returncode == 143
+    run_id = read_metrics(folder)["run_id"]
+    requeued = run_cli(*argv, SLURM_RESTART_COUNT="1")  # the same command, run again by SLURM
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    record = read_metrics(folder)
+    assert record["status"] == "completed" and record["run_id"] == run_id
+    assert not list((folder / "checkpoints").glob("*-v1.ckpt"))
 
 
 @pytest.mark.parametrize("group", ["posterior", "prior", "likelihood", "data", "model"])

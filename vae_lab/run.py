@@ -223,16 +223,15 @@ def resume_config(
         )
     saved = OmegaConf.load(saved_path)
     record = read_metrics(folder)
+    for override in changes:
+        key = _key(override)
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     if changes:
-        for override in changes:
-            key = _key(override)
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-        write_text(saved_path, OmegaConf.to_yaml(saved))
         record["overrides"] = [*record.get("overrides", []), *changes]
-        write_text(
-            folder / HYDRA_DIR / "overrides.yaml",
-            OmegaConf.to_yaml(OmegaConf.create(record["overrides"])),
-        )
+    if changes and rank_zero_only.rank == 0:  # the other processes of a DDP run only read
+        write_text(saved_path, OmegaConf.to_yaml(saved))
+        overrides_yaml = OmegaConf.to_yaml(OmegaConf.create(record["overrides"]))
+        write_text(folder / HYDRA_DIR / "overrides.yaml", overrides_yaml)
     record["config_hash"] = config_hash(identity(saved, saved_choices(folder)))
     return saved, record
 
@@ -253,7 +252,8 @@ def prepare(
         if not last.exists():
             log.info("resuming, but %s does not exist: starting from scratch", last)
         return cfg, record, last if last.exists() else None
-    claim(run_dir)
+    if rank_zero_only.rank == 0:  # the other processes of a DDP run share rank 0's folder
+        claim(run_dir)
     choices = choices_of(HydraConfig.get().runtime.choices)
     record = {
         **choices,
