@@ -140,7 +140,8 @@ def test_an_unreachable_server_means_offline_once_per_sweep(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     said = [line for line in result.stderr.splitlines() if line.startswith("W&B:")]
     assert said == [
-        "W&B: 127.0.0.1:9 cannot be reached (Connection refused); logging offline, upload later "
+        "W&B: http://127.0.0.1:9 cannot be reached (Connection refused); logging offline, upload "
+        "later "
         f"with: wandb sync {sweep_dir}/*/wandb/offline-run-*"
     ]
     for job in ("0", "1"):

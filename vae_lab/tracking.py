@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,15 +98,16 @@ def hydra_labels() -> RunLabels:
 
 
 def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None when W&B's server accepts a connection within ``timeout`` s, else why not."""
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    port = url.port or (443 if url.scheme == "https" else 80)
+    """None when W&B's server answers an HTTP request within ``timeout`` s (any status), else
+    why not."""
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        return f"{url.hostname}:{port} cannot be reached ({err.strerror or err})"
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return f"{url} cannot be reached ({getattr(reason, 'strerror', None) or reason})"
     return None
 
 
