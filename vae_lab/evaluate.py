@@ -198,6 +198,14 @@ def load_config(run: Run, request: DictConfig, overrides: list[str]) -> DictConf
     except Exception:  # an option that no longer exists, or no hydra.yaml: plain defaults
         base = compose_default()
     OmegaConf.set_struct(base, False)
+    for group in DEFAULTS_GROUPS:  # a group of another option than today's default: as saved
+        ours, theirs = base.get(group), saved.get(group)
+        if (
+            not isinstance(ours, DictConfig)
+            or not isinstance(theirs, DictConfig)
+            or (ours.get("_target_") != theirs.get("_target_"))
+        ):
+            base[group] = None
     cfg = OmegaConf.merge(base, saved)
     for override in overrides:
         key = _key(override)
@@ -509,6 +517,7 @@ def app(request: DictConfig) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """The command line; given ``argv`` (tests), the same request composed with Hydra's
     compose API in this process, returning the last run's record."""
+    _failures.clear()
     if argv is None:
         app()
         if _failures:

@@ -52,17 +52,24 @@ class Run:
         return self.metrics.get("seed")
 
     @cached_property
+    def choices(self) -> dict[str, str]:
+        """The option of each config group, read from the run's ``.hydra/hydra.yaml``; for a
+        folder without one, the options its metrics.json names."""
+        try:
+            hydra = OmegaConf.load(self.folder / ".hydra" / "hydra.yaml").hydra
+            return choices_of(hydra.runtime.choices)
+        except Exception:  # no readable .hydra/: a hand-made or older folder
+            return {g: str(self.metrics[g]) for g in RECORDED_GROUPS if self.metrics.get(g)}
+
+    @cached_property
     def identity(self) -> dict[str, Any]:
         """The run's whole config (``vae_lab.identity``), read from its ``.hydra/``; for a
-        folder without one, the options and seed its metrics.json names."""
-        hydra_dir = self.folder / ".hydra"
+        folder without one, its options and seed."""
         try:
-            saved = OmegaConf.load(hydra_dir / "config.yaml")
-            choices = choices_of(OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices)
+            saved = OmegaConf.load(self.folder / ".hydra" / "config.yaml")
         except Exception:  # no readable .hydra/: a hand-made or older folder
-            known = {g: self.metrics[g] for g in RECORDED_GROUPS if self.metrics.get(g)}
-            return {**known, REPLICATE: self.seed}
-        return identity(saved, choices)
+            return {**self.choices, REPLICATE: self.seed}
+        return identity(saved, self.choices)
 
     def value(self, metric: str) -> float | None:
         """A metric as a float (NaN and inf included), None when the run does not have it."""

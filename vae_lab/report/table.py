@@ -117,19 +117,20 @@ def differing_keys(identities: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
-def column_keys(identities: Sequence[dict[str, Any]], differing: Sequence[str]) -> list[str]:
-    """The differing keys that name a configuration: a config group's option, and a key of a
-    group only where it differs among runs with the same option of that group (the keys of
-    ``posterior=flow`` and ``posterior=gaussian`` differ because the options do)."""
+def column_keys(
+    identities: Sequence[dict[str, Any]], groups: set[str], differing: Sequence[str]
+) -> list[str]:
+    """The differing keys that name a configuration: a config group's option, and any other
+    key only where it differs among runs with the same options (``posterior=flow`` and
+    ``posterior=gaussian`` differ in ``posterior.num_flows`` because their options do)."""
     shown = []
     for key in differing:
-        group = key.split(".")[0]
-        if "." in key and group in differing:
-            by_option: dict[str, set[str]] = {}
+        if key not in groups:
+            by_options: dict[str, set[str]] = {}
             for ident in identities:
-                values = by_option.setdefault(_canonical(ident.get(group)), set())
-                values.add(_canonical(ident.get(key, _ABSENT)))
-            if all(len(values) == 1 for values in by_option.values()):
+                options = _canonical({group: ident.get(group) for group in sorted(groups)})
+                by_options.setdefault(options, set()).add(_canonical(ident.get(key, _ABSENT)))
+            if all(len(values) == 1 for values in by_options.values()):
                 continue
         shown.append(key)
     lead = [k for k in LEAD if k != "data" or k in shown]
@@ -162,7 +163,8 @@ def cells(runs: Sequence[Run]) -> list[Cell]:
     readable = [run for run in runs if run.status != "unreadable"]
     identities = [configuration(run.identity) for run in readable]
     differing = differing_keys(identities)
-    columns = column_keys(identities, differing)
+    groups = {group for run in readable for group in run.choices}
+    columns = column_keys(identities, groups, differing)
     groups: dict[tuple[str, ...], list[Run]] = {}
     shown: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
     for run, ident in zip(readable, identities, strict=True):
