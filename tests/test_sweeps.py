@@ -129,8 +129,8 @@ def test_failing_job_is_isolated_and_reported(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| posterior"))
     assert header.startswith("| posterior | prior | fault | runs |")  # the faults differ
     assert [row[:4] for row in table_rows(text)] == [
-        ["gaussian", "standard", "none", "1"],
         ["gaussian", "standard", "nan_loss", "0"],
+        ["gaussian", "standard", "none", "1"],
     ]
 
 
