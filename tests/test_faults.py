@@ -123,6 +123,7 @@ class Case:
     data: bool = False  # needs the shared datasets
     shrink: bool = True
     fields: dict = field(default_factory=dict)
+    slow: bool = False  # run by `make test-full` only
 
 
 NEW = "hydra.run.dir={tmp}/new"
@@ -190,6 +191,7 @@ CASES = {
         "{tmp}/data/mnist/train-images-idx3-ubyte.gz fails its checksum",
         setup=wrong_content,
         data=True,
+        slow=True,
     ),  # fmt: skip
     "unreadable data file": Case(
         ["data=mnist", "data.root={tmp}/data", NEW],
@@ -197,6 +199,7 @@ CASES = {
         "cannot read {tmp}/data/mnist/train-images-idx3-ubyte.gz",
         setup=unreadable_file,
         data=True,
+        slow=True,
     ),  # fmt: skip
     # run folders: one run each, one sweep each, resumed only under their saved config
     "run into a run folder": Case(["hydra.run.dir={run}"], 2, "{run} already holds a run"),
@@ -253,7 +256,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if c.slow else n for n, c in CASES.items()]
+)
 def test_bad_input_is_one_line_and_changes_nothing(name, finished, tmp_path, monkeypatch, capsys):
     case = CASES[name]
     if case.data and not (SHARED_DATA / "mnist").is_dir():
@@ -291,7 +296,7 @@ def run_cli(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
 def test_a_signal_records_interrupted_and_exits_128_plus_it(sig, tmp_path):
     folder = tmp_path / "run"
     result = run_cli(*SHRINK, "+fault=sigterm", f"callbacks.fault.signal={sig}",
