@@ -127,6 +127,15 @@ class Case:
 
 
 NEW = "hydra.run.dir={tmp}/new"
+
+
+def data_case(option: str, setup: Callable[[Path], None], names: str, slow: bool = False) -> Case:
+    """``data=OPTION`` read from ``{tmp}/data``, which ``setup`` spoils; the message names
+    the file under it."""
+    return Case([f"data={option}", "data.root={tmp}/data", NEW], 2, "{tmp}/data/" + names,
+                setup=setup, data=True, slow=slow)  # fmt: skip
+
+
 CASES = {
     # config values, checked by the run or by the component that owns them
     "latent_dim": Case(["latent_dim=-1", NEW], 2, "latent_dim=-1"),
@@ -178,29 +187,15 @@ CASES = {
         "data.root={tmp}/afile",
         setup=root_is_a_file,
     ),  # fmt: skip
-    "corrupt gzip": Case(
-        ["data=binarized_mnist", "data.root={tmp}/data", NEW],
-        2,
-        "{tmp}/data/binarized_mnist/binarized_mnist_train.amat.gz is corrupt",
-        setup=corrupt_gzip,
-        data=True,
-    ),  # fmt: skip
-    "checksum": Case(
-        ["data=mnist", "data.root={tmp}/data", NEW],
-        2,
-        "{tmp}/data/mnist/train-images-idx3-ubyte.gz fails its checksum",
-        setup=wrong_content,
-        data=True,
-        slow=True,
-    ),  # fmt: skip
-    "unreadable data file": Case(
-        ["data=mnist", "data.root={tmp}/data", NEW],
-        2,
-        "cannot read {tmp}/data/mnist/train-images-idx3-ubyte.gz",
-        setup=unreadable_file,
-        data=True,
-        slow=True,
-    ),  # fmt: skip
+    "corrupt gzip": data_case(
+        "binarized_mnist", corrupt_gzip, "binarized_mnist/binarized_mnist_train.amat.gz is corrupt"
+    ),
+    "checksum": data_case(
+        "mnist", wrong_content, "mnist/train-images-idx3-ubyte.gz fails its checksum", slow=True
+    ),
+    "unreadable data file": data_case(
+        "mnist", unreadable_file, "mnist/train-images-idx3-ubyte.gz (Is a directory)", slow=True
+    ),
     # run folders: one run each, one sweep each, resumed only under their saved config
     "run into a run folder": Case(["hydra.run.dir={run}"], 2, "{run} already holds a run"),
     "sweep into a sweep folder": Case(
