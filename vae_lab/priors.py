@@ -227,7 +227,7 @@ class FlowDensity(Distribution):
             log_det = log_det + layer_log_det
         return self.base.log_prob(u) + log_det
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         z = self.base.rsample(sample_shape)
         for transform in reversed(self.transforms):
             z = transform.inv(z)
