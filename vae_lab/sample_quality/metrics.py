@@ -49,7 +49,7 @@ def covered(points: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
 
 
 class PrecisionRecall(Metric):
-    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls, k = ``nearest_k``."""
+    """Improved precision and recall (Kynkäänniemi et al. 2019), k-NN balls of k = ``nearest_k``."""
 
     full_state_update = False
 
