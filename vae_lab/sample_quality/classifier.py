@@ -104,7 +104,7 @@ def binarised(x: Tensor, seed: int) -> Tensor:
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
 
 
-def test_accuracies(classifier: FeatureClassifier, x: Tensor, y: Tensor) -> dict[str, float]:
+def held_out_accuracies(classifier: FeatureClassifier, x: Tensor, y: Tensor) -> dict[str, float]:
     """Accuracy on the grey test images and on one seeded binarisation of them."""
     return {
         "accuracy": accuracy(classifier, x, y),
@@ -112,11 +112,15 @@ def test_accuracies(classifier: FeatureClassifier, x: Tensor, y: Tensor) -> dict
     }
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
 def train_classifier(x: Tensor, y: Tensor, spec: ClassifierSpec) -> FeatureClassifier:
     """Adam on cross-entropy over seeded minibatches (``spec.epochs`` passes, at least
-    ``spec.min_steps`` steps), half of the images binarised."""
+    ``spec.min_steps`` steps), half of the images binarised. Gradients are on even when called
+    from a test loop (Lightning runs it in inference mode)."""
     generator = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)
+    x, y = x.clone(), y.clone()  # ordinary tensors, should they come from inference mode
     classifier = FeatureClassifier(x.shape[1], list(spec.hidden), int(y.max()) + 1)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=spec.lr)
     steps = max(spec.min_steps, spec.epochs * len(x) // spec.batch_size)
@@ -162,7 +166,7 @@ def cached_classifier(
         "classes": int(train_y.max()) + 1,
         "num_train": len(train_x),
         "num_test": len(test_x),
-        **test_accuracies(classifier, test_x, test_y),
+        **held_out_accuracies(classifier, test_x, test_y),
     }
     _save_atomically(path, {"state_dict": classifier.state_dict(), "record": record})
     log.info("%s classifier: test accuracy %.4f", name, record["accuracy"])

@@ -1,0 +1,150 @@
+"""Sample quality: FID, KID and precision/recall behave as distances; the feature classifier
+is cached once per dataset; a run reports the test/*_samples metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from tests.conftest import compose_config
+from vae_lab.data import Digits, IDXImages
+from vae_lab.outputs import read_metrics
+from vae_lab.run import execute
+from vae_lab.sample_quality import (
+    ClassifierSpec,
+    PrecisionRecall,
+    SampleQualityMetrics,
+    cached_classifier,
+)
+from vae_lab.sample_quality import classifier as classifier_module
+from vae_lab.sample_quality.classifier import held_out_accuracies
+
+QUICK = {"epochs": 1, "min_steps": 400}  # a digits classifier in a few seconds
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    spec = ClassifierSpec(cache_dir=str(tmp_path_factory.mktemp("cache")), **QUICK)
+    return cached_classifier(Digits(), spec)
+
+
+class Features(nn.Module):
+    """Identity features: the 'images' are feature vectors already."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x):
+        return x
+
+
+def test_fid_is_zero_for_identical_feature_statistics():
+    torch.manual_seed(0)
+    features = torch.randn(500, 8) @ torch.randn(8, 8) + 3.0
+    fid = FrechetInceptionDistance(feature=Features(8))
+    fid.update(features, real=True)
+    fid.update(features[torch.randperm(500)], real=False)  # other order, same statistics
+    assert abs(float(fid.compute())) < 1e-3
+    fid.update(features + 0.5, real=False)  # the mean moved by 0.5 in each of 8 dims, half the data
+    assert float(fid.compute()) == pytest.approx(8 * 0.25**2, rel=0.05)
+
+
+def test_fid_of_test_halves_is_small_and_of_noise_is_large(digits_classifier):
+    classifier, _ = digits_classifier
+    test = Digits().load_splits()[2]
+    half = len(test) // 2
+    metrics = SampleQualityMetrics(classifier, kid_subset_size=100)
+    noise = torch.rand(half, test.shape[1], generator=torch.Generator().manual_seed(0))
+    metrics.update(test[:half], test[half : 2 * half], noise)
+    values = metrics.compute()
+    assert values["fid_samples"] > 10 * values["fid_recon"]
+    assert values["recall_samples"] < 0.1  # noise images cover none of the digits
+    metrics.reset()
+    metrics.update(test[:half], test[half : 2 * half], test[half : 2 * half])
+    halves = metrics.compute()
+    assert halves["fid_samples"] == values["fid_recon"]
+    assert values["kid_samples"] > 10 * halves["kid_samples"]
+    assert min(halves["precision_samples"], halves["recall_samples"]) > 0.8
+
+
+def test_kid_is_unbiased_on_two_samples_of_one_distribution():
+    metrics = []
+    for seed in range(40):
+        generator = torch.Generator().manual_seed(seed)
+        real, fake = torch.randn(2, 60, 4, generator=generator)
+        quality = SampleQualityMetrics(Features(4), kid_subsets=1, kid_subset_size=60)
+        quality.update(real, real, fake)
+        metrics.append(quality.compute(seed)["kid_samples"])
+    values = torch.tensor(metrics, dtype=torch.float64)
+    stderr = values.std() / math.sqrt(len(values))
+    # unbiased: mean 0 within noise; a V-statistic (diagonal kept) would sit at ~+0.09 here
+    assert abs(float(values.mean())) < 3 * float(stderr)
+    assert float(stderr) < 0.02
+
+
+def test_precision_and_recall_count_covered_points():
+    torch.manual_seed(0)
+    real = torch.cat([torch.randn(200, 2) * 0.1 + 5, torch.randn(200, 2) * 0.1 - 5])
+    one_mode = torch.randn(200, 2) * 0.1 + 5  # the model covers one of the two modes
+    metric = PrecisionRecall(Features(2), nearest_k=3)
+    metric.update(real, real=True)
+    metric.update(one_mode, real=False)
+    values = metric.compute()
+    assert float(values["precision"]) > 0.9
+    assert float(values["recall"]) == pytest.approx(0.5, abs=0.05)
+    metric.reset()
+    metric.update(real, real=True)
+    metric.update(real + 100.0, real=False)
+    values = metric.compute()
+    assert float(values["precision"]) == 0.0 and float(values["recall"]) == 0.0
+
+
+def test_classifier_is_cached_once_and_its_recorded_accuracy_is_reproducible(tmp_path, monkeypatch):
+    spec = ClassifierSpec(cache_dir=str(tmp_path), **QUICK)
+    first, record = cached_classifier(Digits(), spec)
+    trained = classifier_module.train_classifier
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached classifier was retrained")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", refuse)
+    again, record_again = cached_classifier(Digits(), spec)
+    assert record_again == record
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    _, _, test = Digits().load_splits()
+    _, _, labels = Digits().load_labels()
+    fresh = held_out_accuracies(again, test, labels)
+    assert fresh["accuracy"] == record["accuracy"]
+    assert fresh["accuracy_binarized"] == record["accuracy_binarized"]
+    # the same seed trains the same network; other settings are another cache entry
+    monkeypatch.setattr(classifier_module, "train_classifier", trained)
+    rebuilt = trained(Digits().load_splits()[0], Digits().load_labels()[0], spec)
+    assert torch.equal(rebuilt.head.weight, first.head.weight)
+    assert ClassifierSpec(**{**QUICK, "seed": 1}).key() != spec.key()
+
+
+@pytest.mark.slow
+def test_mnist_classifier_is_accurate(shared_data, tmp_path):
+    _, record = cached_classifier(
+        IDXImages(root=str(shared_data)), ClassifierSpec(cache_dir=str(tmp_path))
+    )
+    assert record["accuracy"] >= 0.98 and record["accuracy_binarized"] >= 0.97
+
+
+def test_a_run_reports_sample_quality_of_reconstructions_and_samples(tmp_path, digits_classifier):
+    cache = str(tmp_path / "cache")
+    overrides = [f"sample_quality.classifier.{k}={v}" for k, v in QUICK.items()]
+    cfg = compose_config([*overrides, f"sample_quality.classifier.cache_dir={cache}"])
+    execute(cfg, tmp_path, {"prior": "standard", "posterior": "gaussian", "data": "digits"})
+    metrics = read_metrics(tmp_path)
+    assert metrics["status"] == "completed", metrics.get("error")
+    for name in ("fid_recon", "fid_samples", "kid_samples", "precision_samples", "recall_samples"):
+        assert math.isfinite(metrics[f"test/{name}"]), name
+    assert metrics["test/sample_quality_images"] == cfg.data.eval_batch_size  # one test batch
+    assert 0.9 < metrics["test/classifier_accuracy"] <= 1.0
