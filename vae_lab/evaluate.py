@@ -12,6 +12,9 @@ seeded by ``eval.seed``, it runs these stages, each timed (``eval/time_<stage>_s
     ais     log p(x) by annealed importance sampling (vae_lab.ais)
     qstar   q*, ELBO(q*) from K samples, and the gap split (vae_lab.gaps)
     exact   log p(x) in closed form, when the model is probabilistic PCA
+    sample quality   FID/KID/precision/recall of reconstructions and prior samples on the test
+            images, and of the priors of eval.refit_prior=[mixture,flow,diffusion] refitted
+            to the aggregate posterior (vae_lab.sample_quality.evaluation)
 
 The gaps are measured from the exact log p(x) when it is known, else from the better of the
 IW and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family other
@@ -62,6 +65,7 @@ from vae_lab.module import VAE
 from vae_lab.outputs import update_metrics, write_json
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.run import USER_ERRORS, use_threads
+from vae_lab.sample_quality.evaluation import refit_names, sample_quality_stage
 from vae_lab.validation import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -118,7 +122,9 @@ def compose_default(overrides: list[str] = ()) -> DictConfig:
 def load_config(run: Run) -> DictConfig:
     """The run's saved config, with today's ``eval`` defaults beneath and the overrides on top."""
     saved = OmegaConf.load(run.run_dir / ".hydra" / "config.yaml")
-    cfg = OmegaConf.merge({"eval": compose_default().eval}, saved)
+    default = compose_default()
+    beneath = {key: default[key] for key in ("eval", "sample_quality", "refit")}
+    cfg = OmegaConf.merge(beneath, saved)
     for override in run.overrides:
         key = override.split("=", 1)[0]
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
@@ -318,9 +324,13 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     datamodule.setup()
     model = load_model(cfg, run.ckpt_path, datamodule.data_dim)
     families = qstar_families(cfg, model)
+    refit_names(cfg.eval)  # a bad option fails here, not after the other stages
     torch.manual_seed(cfg.eval.seed)
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
     metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
+    quality, quality_record = sample_quality_stage(cfg, model, datamodule, x, run.run_dir)
+    metrics.update(quality)
+    chosen.update(quality_record)
     settings = OmegaConf.to_container(cfg.eval, resolve=True)
     record = {
         "run_dir": str(run.run_dir),
