@@ -33,8 +33,8 @@ from vae_lab.gaps import Estimate
 from vae_lab.images import save_image_grid
 from vae_lab.module import VAE
 from vae_lab.refit import REFIT_OPTIONS, RefittedPrior, aggregate_posterior_codes, refit_prior
-from vae_lab.sample_quality.quality import RENDERINGS, LatentSampler, SampleQuality
 from vae_lab.sample_quality.metrics import SampleQualityMetrics
+from vae_lab.sample_quality.quality import RENDERINGS, LatentSampler, SampleQuality
 from vae_lab.validation import ConfigError
 
 log = logging.getLogger(__name__)
