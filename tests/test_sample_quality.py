@@ -7,10 +7,12 @@ import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from tests.conftest import compose_config
+from vae_lab.build import build_datamodule
 from vae_lab.data import Digits, IDXImages
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
@@ -146,5 +148,20 @@ def test_a_run_reports_sample_quality_of_reconstructions_and_samples(tmp_path, d
     assert metrics["status"] == "completed", metrics.get("error")
     for name in ("fid_recon", "fid_samples", "kid_samples", "precision_samples", "recall_samples"):
         assert math.isfinite(metrics[f"test/{name}"]), name
-    assert metrics["test/sample_quality_images"] == cfg.data.eval_batch_size  # one test batch
+    assert metrics["test/sample_quality_images"] == 359  # the digits' whole test set
     assert 0.9 < metrics["test/classifier_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("rendering", "grey"), [("mean", True), ("sample", False)], ids=["mean", "sample"]
+)
+def test_images_are_compared_with_references_of_the_same_rendering(rendering, grey):
+    cfg = compose_config([f"sample_quality.rendering={rendering}"])
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    inputs, references, described = instantiate(cfg.sample_quality).test_images(datamodule)
+    assert torch.equal(inputs, datamodule.splits[2])  # the encoder sees the binarised images
+    binary = bool(((references == 0) | (references == 1)).all())
+    assert binary is not grey and ("grey" in described) is grey
+    # aligned: each binary test image is a draw from its grey reference
+    assert bool(((inputs == 1) <= (references > 0)).all())

@@ -33,8 +33,7 @@ from vae_lab.gaps import Estimate
 from vae_lab.images import save_image_grid
 from vae_lab.module import VAE
 from vae_lab.refit import REFIT_OPTIONS, RefittedPrior, aggregate_posterior_codes, refit_prior
-from vae_lab.sample_quality.metrics import SampleQualityMetrics
-from vae_lab.sample_quality.quality import RENDERINGS, LatentSampler, SampleQuality
+from vae_lab.sample_quality.quality import RENDERINGS, SampleQuality, score
 from vae_lab.validation import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,23 +54,6 @@ def refit_names(ev: DictConfig) -> list[str]:
             f"eval.refit_prior={bad[0]} is invalid: must be among {list(REFIT_OPTIONS)}"
         )
     return names
-
-
-def score(
-    quality: SampleQuality,
-    metrics: SampleQualityMetrics,
-    model: VAE,
-    images: Tensor,
-    batch_size: int,
-    sample_z: LatentSampler | None = None,
-) -> dict[str, float]:
-    """Sample metrics of the model (its prior, or ``sample_z``) against ``images``."""
-    metrics.reset()
-    torch.manual_seed(quality.seed)
-    for batch in images.split(batch_size):
-        recon, samples = quality.images(model, batch, sample_z)
-        metrics.update(batch, recon, samples)
-    return metrics.compute(quality.seed)
 
 
 def refit_log_px(
@@ -100,11 +82,11 @@ def sample_quality_stage(
         return {}, {}
     classifier, record = found
     metrics_of = quality.metrics(classifier)
-    train, val, test = datamodule.splits
-    images = test[: quality.max_images]
+    train, val, _ = datamodule.splits
+    inputs, references, described = quality.test_images(datamodule)
     batch = cfg.data.eval_batch_size
     start = time.perf_counter()
-    values = score(quality, metrics_of, model, images, batch)
+    values = score(quality, metrics_of, model, inputs, references, batch, quality.seed)
     metrics = {f"eval/{name}": value for name, value in values.items()}
     metrics["eval/classifier_accuracy"] = record["accuracy"]
     torch.manual_seed(quality.seed)
@@ -119,7 +101,9 @@ def sample_quality_stage(
         start = time.perf_counter()
         torch.manual_seed(quality.seed)
         refitted = refit_prior(name, codes, instantiate(cfg.refit), datamodule.data_dim)
-        values = score(quality, metrics_of, model, images, batch, refitted.sample)
+        values = score(
+            quality, metrics_of, model, inputs, references, batch, quality.seed, refitted.sample
+        )
         for key in ("fid_samples", "kid_samples", "precision_samples", "recall_samples"):
             metrics[f"eval/{key}_refit_{name}"] = values[key]
         if refitted.density is not None:
@@ -143,6 +127,7 @@ def sample_quality_stage(
         "classifier_accuracy": record["accuracy"],
         "classifier_accuracy_binarized": record["accuracy_binarized"],
         "rendering": RENDERINGS[quality.rendering],
+        "compared_with": described,
         "num_images": int(metrics["eval/sample_quality_images"]),
         "refit_prior": names,
     }

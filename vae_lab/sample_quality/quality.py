@@ -6,9 +6,12 @@ in both, only where z comes from differs (the aggregate posterior's codes, or th
 draws, which can land where the decoder has seen no code). It is the sample-quality analogue
 of the split of the inference gap.
 
-Rendering (``rendering``): ``mean`` scores the decoder means E[x|z] (grey images, what a VAE's
-sample grid shows); ``sample`` scores draws x ~ p(x|z) (binary images under a Bernoulli
-likelihood, like the binarised test images). Gaussian draws are clipped to [0, 1].
+Rendering (``rendering``), matched on both sides: ``mean`` scores the decoder means E[x|z]
+(grey images, what a VAE's sample grid shows) against the grey test images, of which the
+binarised ones the model sees are draws (binarized MNIST has no grey originals: there the
+means meet binary images, and the output says so); ``sample`` scores draws x ~ p(x|z) (binary
+under a Bernoulli likelihood) against the test images as the model sees them. Gaussian draws
+are clipped to [0, 1]. Reconstructions always encode the test images as the model sees them.
 """
 
 from __future__ import annotations
@@ -96,6 +99,17 @@ class SampleQuality:
             return model.likelihood.mean(decoded)
         return model.likelihood(decoded).sample().clamp(0.0, 1.0)
 
+    def test_images(self, datamodule: InMemoryDataModule) -> tuple[Tensor, Tensor, str]:
+        """(inputs, references, description): the first ``max_images`` test images as the
+        encoder sees them, and the aligned images the metrics compare with."""
+        inputs = datamodule.splits[2][: self.max_images]
+        if self.rendering == "mean" and datamodule.binarize:
+            grey = datamodule.load_splits()[2][: self.max_images]
+            return inputs, grey.float().to(inputs.device), "grey test images"
+        if self.rendering == "mean" and datamodule.already_binary:
+            return inputs, inputs, "binary test images (the dataset has no grey originals)"
+        return inputs, inputs, "test images as the model sees them"
+
     @torch.no_grad()
     def images(self, model: VAE, x: Tensor, sample_z: LatentSampler | None = None) -> tuple:
         """(reconstructions, samples) of the batch x: one each per image, z from q(z|x) and from
@@ -103,3 +117,25 @@ class SampleQuality:
         recon = self.render(model, model.q(x).sample())
         z = sample_z(len(x)) if sample_z is not None else model.p_z().sample((len(x),))
         return recon, self.render(model, z)
+
+
+def score(
+    quality: SampleQuality,
+    metrics: SampleQualityMetrics,
+    model: VAE,
+    inputs: Tensor,
+    references: Tensor,
+    batch_size: int,
+    seed: int,
+    sample_z: LatentSampler | None = None,
+) -> dict[str, float]:
+    """Sample metrics of the model (its prior, or ``sample_z``) against ``references``, the
+    reconstructions encoding ``inputs``; draws seeded with ``seed`` (a forked random stream)."""
+    metrics.reset()
+    devices = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.autocast(inputs.device.type, enabled=False):
+        torch.manual_seed(seed)
+        for x, real in zip(inputs.split(batch_size), references.split(batch_size), strict=True):
+            recon, samples = quality.images(model, x.float(), sample_z)
+            metrics.update(real, recon, samples)
+    return metrics.compute(quality.seed)
