@@ -165,3 +165,15 @@ def test_images_are_compared_with_references_of_the_same_rendering(rendering, gr
     assert binary is not grey and ("grey" in described) is grey
     # aligned: each binary test image is a draw from its grey reference
     assert bool(((inputs == 1) <= (references > 0)).all())
+
+
+@pytest.mark.slow
+def test_two_processes_aggregate_the_sample_metrics_over_the_whole_test_set(tmp_path):
+    cfg = compose_config([*(f"sample_quality.classifier.{k}={v}" for k, v in QUICK.items()),
+                          f"sample_quality.classifier.cache_dir={tmp_path / 'cache'}",
+                          "trainer=ddp_sim", "trainer.enable_progress_bar=false"])  # fmt: skip
+    execute(cfg, tmp_path, {"posterior": "gaussian"})
+    metrics = read_metrics(tmp_path)
+    assert metrics["status"] == "completed", metrics.get("error")
+    assert metrics["test/sample_quality_images"] == 359  # each rank scored about half
+    assert math.isfinite(metrics["test/fid_samples"])
