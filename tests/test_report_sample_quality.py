@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 from matplotlib.image import imread
 
 from tests.test_report import completed, make_run, rows
+from vae_lab.images import save_image_grid
+from vae_lab.report.sample_quality import side_by_side
 from vae_lab.report.write import write_report
 
 SAMPLE_METRICS = {
@@ -35,3 +38,12 @@ def test_no_sample_quality_columns_or_plot_without_the_metrics(tmp_path):
     write_report([tmp_path])
     assert "FID" not in (tmp_path / "report.md").read_text()
     assert not (tmp_path / "sample_quality.png").exists()
+
+
+def test_side_by_side_puts_the_grids_in_one_image(tmp_path):
+    grids = []
+    for k, title in enumerate(("standard", "refitted flow", "refitted diffusion")):
+        save_image_grid(np.full((16, 8, 8), k / 2), tmp_path / f"{k}.png")
+        grids.append((title, tmp_path / f"{k}.png"))
+    image = imread(side_by_side(grids, tmp_path / "side.png"))
+    assert image.shape[1] > 2.5 * image.shape[0] * 0.8  # three panels in a row

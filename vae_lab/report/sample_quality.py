@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
 from vae_lab.refit import REFIT_OPTIONS
-from vae_lab.report.plots import LEGEND, _figure, _save
+from vae_lab.report.plots import DPI, LEGEND, _figure, _save
 from vae_lab.report.table import Cell
 
 MARKERS = {"mixture": "s", "flow": "^", "diffusion": "*"}
@@ -51,4 +54,15 @@ def sample_quality_plot(table: Sequence[Cell], path: Path) -> Path | None:
     fig.legend(**LEGEND)
     ax.set_xlabel("FID to the test images, classifier features (lower is better)")
     ax.set_title("Sample quality: the blur of the decoder and of the prior", fontsize=10)
+    return _save(fig, path)
+
+
+def side_by_side(grids: Sequence[tuple[str, Path]], path: Path) -> Path:
+    """Image grids (PNG files, e.g. ``prior_samples.png`` and ``prior_samples_refit_flow.png``
+    of one run) side by side, each under its title, in one PNG."""
+    fig = Figure(figsize=(3.2 * len(grids), 3.6), dpi=DPI, layout="constrained")
+    for ax, (title, grid) in zip(fig.subplots(1, len(grids), squeeze=False)[0], grids, strict=True):
+        ax.imshow(imread(grid), cmap="gray", vmin=0.0, vmax=1.0)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
     return _save(fig, path)
