@@ -111,7 +111,9 @@ class SampleQuality:
         return inputs, inputs, "test images as the model sees them"
 
     @torch.no_grad()
-    def images(self, model: VAE, x: Tensor, sample_z: LatentSampler | None = None) -> tuple:
+    def images(
+        self, model: VAE, x: Tensor, sample_z: LatentSampler | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(reconstructions, samples) of the batch x: one each per image, z from q(z|x) and from
         the model's prior (or ``sample_z``)."""
         recon = self.render(model, model.q(x).sample())
