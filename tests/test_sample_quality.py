@@ -13,7 +13,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from tests.conftest import compose_config
 from vae_lab.build import build_datamodule
-from vae_lab.data import Digits, IDXImages
+from vae_lab.data import BinarizedMNIST, Digits, IDXImages, LinearGaussian
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
 from vae_lab.sample_quality import (
@@ -23,7 +23,7 @@ from vae_lab.sample_quality import (
     cached_classifier,
 )
 from vae_lab.sample_quality import classifier as classifier_module
-from vae_lab.sample_quality.classifier import held_out_accuracies
+from vae_lab.sample_quality.classifier import classifier_source, held_out_accuracies
 
 QUICK = {"epochs": 1, "min_steps": 400}  # a digits classifier in a few seconds
 
@@ -177,3 +177,10 @@ def test_two_processes_aggregate_the_sample_metrics_over_the_whole_test_set(tmp_
     assert metrics["status"] == "completed", metrics.get("error")
     assert metrics["test/sample_quality_images"] == 359  # each rank scored about half
     assert math.isfinite(metrics["test/fid_samples"])
+
+
+def test_binarized_mnist_is_scored_by_the_mnist_classifier(tmp_path):
+    source = classifier_source(BinarizedMNIST(root=str(tmp_path)))
+    assert isinstance(source, IDXImages) and source.name == "mnist"
+    assert source.root == str(tmp_path)  # read from the same data root
+    assert classifier_source(LinearGaussian(data_dim=4, latent_dim=2)) is None  # no images
