@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,16 @@ def compose_config(overrides: list[str] = (), shrink: bool = True) -> DictConfig
     """The config ``python -m vae_lab.run`` would compose, optionally shrunk for speed."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=(SHRINK if shrink else []) + list(overrides))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def classifier_cache(tmp_path_factory) -> Iterator[Path]:
+    """The suite's sample-quality classifiers go to a fresh cache ($VAE_LAB_CACHE, which
+    subprocesses inherit), never the user's: no test depends on what an older run left."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("vae_lab_cache")
+        patch.setenv("VAE_LAB_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@ is cached once per dataset; a run reports the test/*_samples metrics."""
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -129,6 +132,60 @@ def test_classifier_is_cached_once_and_its_recorded_accuracy_is_reproducible(tmp
     rebuilt = trained(Digits().load_splits()[0], Digits().load_labels()[0], spec)
     assert torch.equal(rebuilt.head.weight, first.head.weight)
     assert ClassifierSpec(**{**QUICK, "seed": 1}).key() != spec.key()
+
+
+def test_jobs_training_the_classifier_at_once_leave_one_whole_cache_file(tmp_path, monkeypatch):
+    spec = ClassifierSpec(cache_dir=str(tmp_path), **QUICK)
+    trained = classifier_module.train_classifier
+    both_training = threading.Barrier(2, timeout=120)
+
+    def train_together(*args):
+        both_training.wait()  # both jobs found no cache file and train
+        return trained(*args)
+
+    monkeypatch.setattr(classifier_module, "train_classifier", train_together)
+    with ThreadPoolExecutor(2) as pool:
+        records = [r for _, r in pool.map(lambda _: cached_classifier(Digits(), spec), range(2))]
+    path = spec.path(Digits())
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+    payload = torch.load(path, weights_only=True)  # one whole file, from either job
+    assert {**payload["record"], "file": str(path)} in records
+
+
+def test_a_corrupt_cache_file_is_retrained_and_replaced(tmp_path, caplog):
+    spec = ClassifierSpec(cache_dir=str(tmp_path), **QUICK)
+    path = spec.path(Digits())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 cut short by a full disk")
+    with caplog.at_level(logging.WARNING, logger=classifier_module.__name__):
+        _, record = cached_classifier(Digits(), spec)
+    assert f"the cached classifier {path} is unreadable" in caplog.text
+    assert torch.load(path, weights_only=True)["record"]["accuracy"] == record["accuracy"]
+
+
+def test_an_unwritable_cache_fails_the_run_before_training_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    cfg = compose_config([f"sample_quality.classifier.cache_dir={blocker / 'cache'}"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        execute(cfg, run_dir, {"posterior": "gaussian"})
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the classifier cache {blocker / 'cache' / 'classifiers'} is not")
+    assert "VAE_LAB_CACHE" in err and "\n" not in err
+    assert read_metrics(run_dir)["status"] == "failed"
+    assert not (run_dir / "checkpoints").exists()  # before any training
+
+
+def test_a_run_on_data_without_images_has_no_sample_metrics(tmp_path):
+    cfg = compose_config(["data=linear_gaussian", "likelihood=gaussian", "model=linear"])
+    execute(cfg, tmp_path, {"data": "linear_gaussian"})
+    metrics = read_metrics(tmp_path)
+    assert metrics["status"] == "completed", metrics.get("error")
+    assert math.isfinite(metrics["test/log_px"])
+    assert not [key for key in metrics if "sample" in key or "fid" in key]
 
 
 @pytest.mark.slow

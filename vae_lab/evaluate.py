@@ -65,7 +65,7 @@ from vae_lab.module import VAE
 from vae_lab.outputs import update_metrics, write_json
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.run import USER_ERRORS, use_threads
-from vae_lab.sample_quality.evaluation import refit_names, sample_quality_stage
+from vae_lab.sample_quality.evaluation import check_settings, sample_quality_stage
 from vae_lab.validation import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     datamodule.setup()
     model = load_model(cfg, run.ckpt_path, datamodule.data_dim)
     families = qstar_families(cfg, model)
-    refit_names(cfg.eval)  # a bad option fails here, not after the other stages
+    check_settings(cfg, datamodule)  # bad sample-quality settings fail before the slow stages
     torch.manual_seed(cfg.eval.seed)
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
     metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)

@@ -25,6 +25,10 @@ class SampleQualityCallback(pl.Callback):
     def __init__(self, quality: SampleQuality | None = None) -> None:
         self.quality = quality or SampleQuality()
 
+    def setup(self, trainer: pl.Trainer, pl_module: VAE, stage: str) -> None:
+        """An uncached classifier with an unwritable cache fails the run before it trains."""
+        self.quality.check_cache(trainer.datamodule)
+
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
         found = self.quality.classifier_for(trainer.datamodule)
         if found is None:

@@ -12,8 +12,11 @@ trained with Adam on cross-entropy, seeded, and with every image binarised (x ~ 
 with probability 1/2, so that grey decoder means and binary images map to the same features.
 It is trained once per dataset and cached as ``<cache>/classifiers/<dataset>-<hash>.pt``
 (``hash`` of its settings) with its test accuracy, so every run and sweep scores in the same
-feature space. Datasets without labels use the classifier of the dataset they come from
-(binarised MNIST: MNIST's).
+feature space. The file is written atomically (a temporary file, then ``os.replace``): jobs of a
+sweep that train it at once each write a whole file, the last one stays (the same network: the
+training is seeded). An unreadable or corrupt file is retrained and replaced, with a warning;
+a cache folder that cannot be written is a one-line error naming ``VAE_LAB_CACHE``. Datasets
+without labels use the classifier of the dataset they come from (binarised MNIST: MNIST's).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from vae_lab.data import BinarizedMNIST, Digits, IDXImages, InMemoryDataModule
+from vae_lab.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,10 @@ class ClassifierSpec:
     def folder(self) -> Path:
         default = Path(os.environ.get("VAE_LAB_CACHE", Path.home() / ".cache" / "vae_lab"))
         return Path(self.cache_dir).expanduser() if self.cache_dir else default
+
+    def path(self, source: InMemoryDataModule) -> Path:
+        """The cache file of ``source``'s classifier."""
+        return self.folder() / "classifiers" / f"{source_name(source)}-{self.key()}.pt"
 
 
 class FeatureClassifier(nn.Module):
@@ -136,26 +145,63 @@ def train_classifier(x: Tensor, y: Tensor, spec: ClassifierSpec) -> FeatureClass
     return classifier.eval().requires_grad_(False)
 
 
+def check_writable(folder: Path) -> None:
+    """Raise a one-line ConfigError unless files can be created in ``folder`` (made if needed)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"the classifier cache {folder} is not writable ({err.strerror or err}): set "
+            "VAE_LAB_CACHE (or sample_quality.classifier.cache_dir) to a writable folder"
+        ) from err
+
+
+def check_cache(source: InMemoryDataModule, spec: ClassifierSpec) -> None:
+    """Fail now, not after training, when the classifier is not cached and cannot be."""
+    path = spec.path(source)
+    if not path.is_file():
+        check_writable(path.parent)
+
+
 def _save_atomically(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path.parent)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, path)
+
+
+def load_cached(
+    path: Path, spec: ClassifierSpec
+) -> tuple[FeatureClassifier, dict[str, Any]] | None:
+    """The classifier and record cached at ``path``; None (with a warning) when the file is
+    unreadable, corrupt, or not a classifier of ``spec``."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        record = payload["record"]
+        classifier = FeatureClassifier(record["data_dim"], list(spec.hidden), record["classes"])
+        classifier.load_state_dict(payload["state_dict"])
+    except (OSError, EOFError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as err:
+        log.warning("the cached classifier %s is unreadable (%s): retraining it", path, err)
+        return None
+    return classifier.eval().requires_grad_(False), {**record, "file": str(path)}
 
 
 def cached_classifier(
     source: InMemoryDataModule, spec: ClassifierSpec
 ) -> tuple[FeatureClassifier, dict[str, Any]]:
-    """The dataset's classifier from the cache, trained (and cached) on first use; and its
-    record: dataset, test accuracies, file."""
-    name = source_name(source)
-    path = spec.folder() / "classifiers" / f"{name}-{spec.key()}.pt"
-    if path.is_file():
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        record = payload["record"]
-        classifier = FeatureClassifier(record["data_dim"], list(spec.hidden), record["classes"])
-        classifier.load_state_dict(payload["state_dict"])
-        return classifier.eval().requires_grad_(False), {**record, "file": str(path)}
+    """The dataset's classifier from the cache, trained (and cached) on first use or when the
+    cached file is unreadable; and its record: dataset, test accuracies, file."""
+    name, path = source_name(source), spec.path(source)
+    if path.is_file() and (cached := load_cached(path, spec)) is not None:
+        return cached
+    check_writable(path.parent)
     log.info("training the %s feature classifier once; it is cached at %s", name, path)
     train_x, _, test_x = (s.float() for s in source.load_splits())
     train_y, _, test_y = source.load_labels()

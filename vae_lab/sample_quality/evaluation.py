@@ -56,6 +56,13 @@ def refit_names(ev: DictConfig) -> list[str]:
     return names
 
 
+def check_settings(cfg: DictConfig, datamodule: InMemoryDataModule) -> None:
+    """Fail before the slow stages: an unknown eval.refit_prior, or a classifier that is not
+    cached and cannot be (an unwritable cache folder)."""
+    refit_names(cfg.eval)
+    instantiate(cfg.sample_quality).check_cache(datamodule)
+
+
 def refit_log_px(
     model: VAE, refitted: RefittedPrior, x: Tensor, ev: DictConfig, batch_size: int
 ) -> Estimate:

@@ -29,6 +29,7 @@ from vae_lab.sample_quality.classifier import (
     ClassifierSpec,
     FeatureClassifier,
     cached_classifier,
+    check_cache,
     classifier_source,
 )
 from vae_lab.sample_quality.metrics import SampleQualityMetrics
@@ -86,6 +87,12 @@ class SampleQuality:
             record["accuracy"], record["accuracy_binarized"], record["file"],
         )  # fmt: skip
         return classifier, record
+
+    def check_cache(self, datamodule: InMemoryDataModule) -> None:
+        """A one-line error now, before any training, when the classifier this dataset needs is
+        not cached and its cache folder is not writable."""
+        if (source := classifier_source(datamodule)) is not None:
+            check_cache(source, self.classifier)
 
     def metrics(self, classifier: FeatureClassifier) -> SampleQualityMetrics:
         return SampleQualityMetrics(
