@@ -8,7 +8,9 @@ import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from hydra.utils import instantiate
 from torch import nn
@@ -48,15 +50,23 @@ class Features(nn.Module):
         return x
 
 
-def test_fid_is_zero_for_identical_feature_statistics():
+def test_fid_is_zero_for_identical_feature_statistics_and_the_frechet_distance_otherwise():
     torch.manual_seed(0)
     features = torch.randn(500, 8) @ torch.randn(8, 8) + 3.0
     fid = FrechetInceptionDistance(feature=Features(8))
     fid.update(features, real=True)
     fid.update(features[torch.randperm(500)], real=False)  # other order, same statistics
     assert abs(float(fid.compute())) < 1e-3
-    fid.update(features + 0.5, real=False)  # the mean moved by 0.5 in each of 8 dims, half the data
-    assert float(fid.compute()) == pytest.approx(8 * 0.25**2, rel=0.05)
+    moved = features + torch.linspace(1.0, 4.0, 8)  # other mean, and the covariance of the
+    fid.update(moved, real=False)  # pooled fake set widens along the shift
+    fake = torch.cat([features, moved]).double()
+    real = features.double()
+    mean_term = float((real.mean(0) - fake.mean(0)).pow(2).sum())
+    cov_r, cov_g = np.cov(real.T.numpy()), np.cov(fake.T.numpy())
+    root = scipy.linalg.sqrtm(cov_r @ cov_g).real
+    expected = mean_term + float(np.trace(cov_r + cov_g - 2 * root))
+    assert expected > 1.2 * mean_term  # the covariance term counts
+    assert float(fid.compute()) == pytest.approx(expected, rel=1e-4)
 
 
 def test_fid_of_test_halves_is_small_and_of_noise_is_large(digits_classifier):
