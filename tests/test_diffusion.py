@@ -18,7 +18,7 @@ def test_diffusion_samples_match_the_moments_of_a_gaussian_mixture():
     generator = torch.Generator().manual_seed(0)
     codes = gaussian_mixture(4000, generator)
     torch.manual_seed(0)
-    prior = LatentDiffusion(2, timesteps=200, hidden=64, steps=2500, batch_size=256, lr=3e-3)
+    prior = LatentDiffusion(2, timesteps=200, hidden=64, steps=1000, batch_size=256, lr=3e-3)
     samples = prior.fit(codes).sample(4000)
     torch.testing.assert_close(samples.mean(0), codes.mean(0), atol=0.15, rtol=0)
     torch.testing.assert_close(samples.T.cov(), codes.T.cov(), atol=0.4, rtol=0.05)
