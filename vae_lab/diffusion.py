@@ -25,7 +25,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
+
+from vae_lab.minibatch_adam import minibatch_adam
 
 TIME_FEATURES = 64  # sinusoidal embedding of t
 
@@ -85,25 +86,19 @@ class LatentDiffusion(nn.Module):
         z_t = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * noise
         return (self.predicted_noise(z_t, t) - noise).pow(2).sum(-1).mean()
 
-    @torch.inference_mode(False)
-    @torch.enable_grad()
     def fit(self, codes: Tensor) -> LatentDiffusion:
-        """Standardise the codes [N, D] and train the denoiser for ``steps`` Adam steps."""
-        codes = codes.detach().clone()
-        with torch.no_grad():
+        """Standardise the codes [N, D] and train the denoiser for ``steps`` Adam steps, the
+        learning rate annealed by a cosine."""
+        with torch.inference_mode(False):
+            codes = codes.detach().clone()
             self.shift.copy_(codes.mean(0))
             self.scale.copy_(codes.std(0).clamp_min(1e-6))
-        z0 = (codes - self.shift) / self.scale
-        optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=self.lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.steps)
+            z0 = (codes - self.shift) / self.scale
         self.train()
-        for _ in tqdm(range(self.steps), desc="diffusion prior", mininterval=5, leave=False):
-            batch = z0[torch.randint(len(z0), (self.batch_size,), device=z0.device)]
-            loss = self.loss(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+        minibatch_adam(
+            self.denoiser.parameters(), lambda rows: self.loss(z0[rows]), len(z0), self.steps,
+            self.batch_size, self.lr, "diffusion prior", cosine=True, device=z0.device,
+        )  # fmt: skip
         return self.eval().requires_grad_(False)
 
     @torch.no_grad()

@@ -27,8 +27,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor
 from torch.distributions import Distribution
-from tqdm import tqdm
 
+from vae_lab.minibatch_adam import minibatch_adam
 from vae_lab.module import VAE
 from vae_lab.priors import Prior
 
@@ -65,20 +65,16 @@ def aggregate_posterior_codes(
     return torch.cat(codes)
 
 
-@torch.inference_mode(False)
-@torch.enable_grad()
 def fit_density(prior: Prior, codes: Tensor, settings: RefitSettings, desc: str) -> Prior:
     """Maximum likelihood: Adam on -mean log p(z) over random minibatches of the codes [N, D],
     after ``prior.init_from_codes``. Priors built from the encoder (vamp) are not refitted."""
-    codes = codes.detach().clone()
+    with torch.inference_mode(False):
+        codes = codes.detach().clone()
     prior.init_from_codes(codes)
-    optimizer = torch.optim.Adam(prior.parameters(), lr=settings.lr)
-    for _ in tqdm(range(settings.steps), desc=desc, mininterval=5, leave=False):
-        batch = codes[torch.randint(len(codes), (settings.batch_size,), device=codes.device)]
-        loss = -prior(None).log_prob(batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    minibatch_adam(
+        prior.parameters(), lambda rows: -prior(None).log_prob(codes[rows]).mean(), len(codes),
+        settings.steps, settings.batch_size, settings.lr, desc, device=codes.device,
+    )  # fmt: skip
     return prior.eval().requires_grad_(False)
 
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from vae_lab.data import BinarizedMNIST, Digits, IDXImages, InMemoryDataModule
+from vae_lab.minibatch_adam import minibatch_adam
 from vae_lab.validation import ConfigError
 
 log = logging.getLogger(__name__)
@@ -122,26 +122,26 @@ def held_out_accuracies(classifier: FeatureClassifier, x: Tensor, y: Tensor) -> 
 
 
 @torch.inference_mode(False)
-@torch.enable_grad()
 def train_classifier(x: Tensor, y: Tensor, spec: ClassifierSpec) -> FeatureClassifier:
     """Adam on cross-entropy over seeded minibatches (``spec.epochs`` passes, at least
-    ``spec.min_steps`` steps), half of the images binarised. Gradients are on even when called
-    from a test loop (Lightning runs it in inference mode)."""
+    ``spec.min_steps`` steps), half of the images binarised. The network is made outside
+    inference mode, even when called from a test loop (Lightning runs it in inference mode)."""
     generator = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)
     x, y = x.clone(), y.clone()  # ordinary tensors, should they come from inference mode
     classifier = FeatureClassifier(x.shape[1], list(spec.hidden), int(y.max()) + 1)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=spec.lr)
-    steps = max(spec.min_steps, spec.epochs * len(x) // spec.batch_size)
-    for _ in tqdm(range(steps), desc="feature classifier", mininterval=5, leave=False):
-        rows = torch.randint(len(x), (spec.batch_size,), generator=generator)
+
+    def loss(rows: Tensor) -> Tensor:
         batch = x[rows]
         binary = torch.rand(len(batch), 1, generator=generator) < 0.5
         batch = torch.where(binary, torch.bernoulli(batch, generator=generator), batch)
-        loss = nn.functional.cross_entropy(classifier.logits(batch), y[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        return nn.functional.cross_entropy(classifier.logits(batch), y[rows])
+
+    steps = max(spec.min_steps, spec.epochs * len(x) // spec.batch_size)
+    minibatch_adam(
+        classifier.parameters(), loss, len(x), steps, spec.batch_size, spec.lr,
+        "feature classifier", generator=generator,
+    )  # fmt: skip
     return classifier.eval().requires_grad_(False)
 
 
