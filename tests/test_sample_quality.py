@@ -189,6 +189,14 @@ def test_an_unwritable_cache_fails_the_run_before_training_in_one_line(tmp_path,
     assert not (run_dir / "checkpoints").exists()  # before any training
 
 
+def test_a_bad_rendering_is_one_line_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        execute(compose_config(["sample_quality.rendering=grey"]), tmp_path, {})
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: sample_quality.rendering=grey is invalid: must be mean or sample"
+
+
 def test_a_run_on_data_without_images_has_no_sample_metrics(tmp_path):
     cfg = compose_config(["data=linear_gaussian", "likelihood=gaussian", "model=linear"])
     execute(cfg, tmp_path, {"data": "linear_gaussian"})
