@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,27 @@ def compose_config(overrides: list[str] = (), shrink: bool = True) -> DictConfig
     """The config ``python -m vae_lab.run`` would compose, optionally shrunk for speed."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=(SHRINK if shrink else []) + list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """An in-process Hydra app gives the root logger a handler on the test's captured stderr;
+    take it away after the test, so later tests' output is not a logging error."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def classifier_cache(tmp_path_factory) -> Iterator[Path]:
+    """The suite's sample-quality classifiers go to a fresh cache ($VAE_LAB_CACHE, which
+    subprocesses inherit), never the user's: no test depends on what an older run left."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("vae_lab_cache")
+        patch.setenv("VAE_LAB_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture

@@ -383,3 +383,11 @@ def test_evaluate_gives_a_run_today_s_defaults_for_keys_it_predates(
                          capsys)  # fmt: skip
     assert status == 0, err[-2000:]
     assert read_metrics(tmp_path / "run")["eval/log_px"] < 0
+
+
+def test_a_sweep_folder_evaluates_each_of_its_runs(finished, tmp_path, monkeypatch, capsys):
+    sweep = shutil.copytree(finished, tmp_path / "sweep")
+    status, err = invoke("evaluate", [f"run_dir={sweep}", *EVAL_QUICK], monkeypatch, capsys)
+    assert status == 0, err
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "eval.json").read_text())["status"] == "completed"

@@ -16,6 +16,9 @@ seeded by ``eval.seed``, it runs these stages, each timed (``eval/time_<stage>_s
     ais     log p(x) by annealed importance sampling (vae_lab.ais)
     qstar   q*, ELBO(q*) from K samples, and the gap split (vae_lab.gaps)
     exact   log p(x) in closed form, when the model is probabilistic PCA
+    sample quality   FID/KID/precision/recall of reconstructions and prior samples on the test
+            images, and of the priors of eval.refit_prior=[mixture,flow,diffusion] refitted
+            to the aggregate posterior (vae_lab.sample_quality.evaluation)
 
 The gaps are measured from the exact log p(x) when it is known, else from the better of the
 IW and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family other
@@ -77,6 +80,7 @@ from vae_lab.outputs import METRICS_FILE, read_metrics, update_metrics, write_js
 from vae_lab.paths import CONF_DIR
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.run import HYDRA_DIR, USER_ERRORS, saved_choices, use_threads
+from vae_lab.sample_quality.evaluation import check_settings, sample_quality_stage
 from vae_lab.validation import (
     NON_NEGATIVE_INT,
     NON_NEGATIVE_NUMBER,
@@ -97,8 +101,8 @@ AIS_SHORTFALL_NATS = 1.0
 EVAL_FILE = "eval.json"
 SPLITS = ("train", "val", "test")
 #: keys an evaluation may override (a prefix ending in "." stands for every key below it)
-EVAL_OVERRIDABLE = ("eval.", "data.root", "data.download", "data.mirror", "data.eval_batch_size",
-                    "num_threads")  # fmt: skip
+EVAL_OVERRIDABLE = ("eval.", "sample_quality.", "refit.", "data.root", "data.download",
+                    "data.mirror", "data.eval_batch_size", "num_threads")  # fmt: skip
 #: the config groups of conf/config.yaml's defaults list, composed with the run's options
 DEFAULTS_GROUPS = ("data", "model", "posterior", "prior", "likelihood", "trainer", "logger")
 
@@ -166,7 +170,7 @@ def locate(run_dir: str | None, ckpt_path: str | None) -> list[Run]:
     if run_dir is None:
         raise ConfigError("give ckpt_path=PATH (a run's checkpoint) or run_dir=DIR (a run folder)")
     folder = Path(run_dir).expanduser()
-    jobs = [folder] if _is_run(folder) else sorted(p.parent.parent for p in folder.glob("*/.hydra"))
+    jobs = [folder] if _is_run(folder) else sorted(p.parent for p in folder.glob("*/.hydra"))
     jobs = [job for job in jobs if _is_run(job)]
     if not jobs:
         raise ConfigError(f"run_dir={folder} is not a run or sweep folder (no .hydra/config.yaml)")
@@ -441,6 +445,7 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
     datamodule.setup()
     model = load_model(cfg, run, datamodule.data_dim)
     families = qstar_families(cfg, model)
+    check_settings(cfg, datamodule)  # bad sample-quality settings fail before the slow stages
     torch.manual_seed(cfg.eval.seed)
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
     settings = OmegaConf.to_container(cfg.eval, resolve=True)
@@ -459,8 +464,11 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
     token = stage_sink.set(save)
     try:
         metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
+        quality, quality_record = sample_quality_stage(cfg, model, datamodule, x, run.run_dir)
     finally:
         stage_sink.reset(token)
+    metrics.update(quality)
+    chosen.update(quality_record)
     save(metrics, "completed", **chosen)
     log_to_wandb(run.run_dir, cfg, metrics)
     return {**head, "status": "completed", **chosen, **metrics}

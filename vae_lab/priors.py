@@ -13,8 +13,17 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+    constraints,
+)
 
+from vae_lab.posteriors.flow import FlowTransform
+from vae_lab.posteriors.realnvp import CouplingLayer
 from vae_lab.validation import POSITIVE_INT, ConfigError, one_of, require
 
 #: inputs u of shape [K, X] -> the posterior's Gaussian base q0(z|u), batch shape [K].
@@ -39,6 +48,10 @@ class Prior(nn.Module):
 
     def init_from_data(self, train: Tensor) -> None:
         """Start from the training set [N, X]; nothing to do by default."""
+
+    def init_from_codes(self, z: Tensor) -> None:
+        """Start from latent codes [N, D] before being fitted to them (``vae_lab.refit``);
+        nothing to do by default."""
 
 
 class StandardNormal(Prior):
@@ -125,6 +138,14 @@ class MixtureOfGaussians(Prior):
         components = Independent(Normal(self.loc, self.log_scale.exp()), 1)
         return LatentMixture(Categorical(logits=self.logits), components)
 
+    def init_from_codes(self, z: Tensor) -> None:
+        """Means at distinct random codes, scales at the codes' spread (as k-means++ seeds
+        EM): components placed where the codes are, rather than at N(0, I) draws."""
+        chosen = z[torch.randperm(len(z), device=z.device)[: len(self.loc)]]
+        with torch.no_grad():
+            self.loc[: len(chosen)].copy_(chosen)
+            self.log_scale.copy_(z.std(0).log().expand_as(self.log_scale))
+
 
 class VampPrior(Prior):
     """The VampPrior (Tomczak & Welling 2018, "VAE with a VampPrior"),
@@ -182,3 +203,61 @@ class VampPrior(Prior):
             )
         weights = Categorical(logits=self.pseudo_logits.new_zeros(self.num_components))
         return LatentMixture(weights, encode_base(self.pseudo_inputs))
+
+
+class FlowDensity(Distribution):
+    """p(z) = N(f(z); 0, I) |det df/dz|, with f = f_K o ... o f_1 invertible layers mapping z to
+    the standard normal u (the density direction: one pass per layer for log p(z)).
+
+    Samples run the layers backwards, z = f_1^-1 o ... o f_K^-1 (u), u ~ N(0, I).
+    Batch shape [], event shape [D].
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, transforms: list[FlowTransform], loc: Tensor) -> None:
+        self.transforms = transforms
+        self.base = Independent(Normal(loc, torch.ones_like(loc)), 1)
+        super().__init__(torch.Size(), loc.shape, validate_args=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        u, log_det = z, z.new_zeros(z.shape[:-1])
+        for transform in self.transforms:
+            u, layer_log_det = transform.forward_and_log_det(u)
+            log_det = log_det + layer_log_det
+        return self.base.log_prob(u) + log_det
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        z = self.base.rsample(sample_shape)
+        for transform in reversed(self.transforms):
+            z = transform.inv(z)
+        return z
+
+
+class FlowPrior(Prior):
+    """A RealNVP density over z learned with the VAE (flow priors: Chen et al. 2017, "Variational
+    Lossy Autoencoder"; Dinh et al. 2017 for the layers),
+
+        log p(z) = log N(f(z); 0, I) + sum_k log |det df_k/dz_{k-1}|,
+
+    with f made of ``num_flows`` affine coupling layers with alternating masks: the layers of
+    ``vae_lab.posteriors.realnvp`` given no context. log p(z) is exact, so the IW estimate and
+    the gap split need nothing new. The layers start near the identity, so p(z) starts near
+    N(0, I) (exactly N(0, I) with zero output weights).
+    """
+
+    def __init__(
+        self, latent_dim: int, data_dim: int, num_flows: int = 4, hidden_dim: int = 64
+    ) -> None:
+        require("num_flows", num_flows, POSITIVE_INT)
+        require("hidden_dim", hidden_dim, POSITIVE_INT)
+        super().__init__(latent_dim, data_dim)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.layers = nn.ModuleList(
+            CouplingLayer(latent_dim, 0, hidden_dim, flip=k % 2 == 1) for k in range(num_flows)
+        )
+
+    def forward(self, encode_base: BaseEncoder) -> Distribution:
+        return FlowDensity([layer() for layer in self.layers], self.loc)

@@ -63,6 +63,11 @@ RUN_RULES: dict[str, Rule] = {
     "eval.num_samples": (POSITIVE_INT[0], "a positive integer (K of the IW estimate)"),
     "eval.chunk_size": (POSITIVE_INT[0], "a positive integer (samples drawn at once)"),
     "eval.val_num_samples": POSITIVE_INT,
+    "sample_quality.rendering": one_of("mean", "sample"),
+    "sample_quality.max_images": optional(POSITIVE_INT),
+    "sample_quality.nearest_k": POSITIVE_INT,
+    "sample_quality.kid_subsets": POSITIVE_INT,
+    "sample_quality.kid_subset_size": POSITIVE_INT,
 }
 
 _MISSING = object()

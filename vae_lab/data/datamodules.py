@@ -52,6 +52,10 @@ class InMemoryDataModule(pl.LightningDataModule):
     def load_splits(self) -> Splits:
         raise NotImplementedError
 
+    def load_labels(self) -> Splits:
+        """The class labels of the train/val/test splits (for the sample-quality classifier)."""
+        raise DataFileError(f"{type(self).__name__} has no class labels")
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
@@ -98,17 +102,24 @@ class Digits(InMemoryDataModule):
         self.test_fraction = test_fraction
         self.split_seed = split_seed
 
+    def _split(self, values: Tensor) -> Splits:
+        order = torch.randperm(
+            len(values), generator=torch.Generator().manual_seed(self.split_seed)
+        )
+        n_test = round(self.test_fraction * len(values))
+        n_val = round(self.val_fraction * len(values))
+        test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+        return values[train], values[val], values[test]
+
     def load_splits(self) -> Splits:
         from sklearn.datasets import load_digits
 
-        images = torch.from_numpy(load_digits().data).float() / 16.0
-        order = torch.randperm(
-            len(images), generator=torch.Generator().manual_seed(self.split_seed)
-        )
-        n_test = round(self.test_fraction * len(images))
-        n_val = round(self.val_fraction * len(images))
-        test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-        return images[train], images[val], images[test]
+        return self._split(torch.from_numpy(load_digits().data).float() / 16.0)
+
+    def load_labels(self) -> Splits:
+        from sklearn.datasets import load_digits
+
+        return self._split(torch.from_numpy(load_digits().target))
 
 
 class FileDataModule(InMemoryDataModule):
@@ -171,6 +182,39 @@ IDX_SOURCES = {
 }
 
 
+#: the label files (IDX, magic 0x801) of each IDX dataset: split -> (file name, sha256)
+IDX_LABELS = {
+    "mnist": {
+        "train": (
+            "train-labels-idx1-ubyte.gz",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        ),
+        "test": (
+            "t10k-labels-idx1-ubyte.gz",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ),
+    },
+    "fashion_mnist": {
+        "train": (
+            "train-labels-idx1-ubyte.gz",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        ),
+        "test": (
+            "t10k-labels-idx1-ubyte.gz",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        ),
+    },
+}
+
+
+def parse_idx_labels(content: bytes, name: str) -> Tensor:
+    """An IDX label file (magic 0x801, big-endian count, uint8 labels): [N]."""
+    magic, count = np.frombuffer(content[:8], ">i4")
+    if magic != 0x801 or len(content) != 8 + count:
+        raise DataFileError(f"{name} is not an IDX label file")
+    return torch.from_numpy(np.frombuffer(content, np.uint8, offset=8).astype(np.int64))
+
+
 class IDXImages(FileDataModule):
     """MNIST or Fashion-MNIST from the IDX files: 60,000 train images split into
     ``60000 - val_size`` for training and the last ``val_size`` for validation; 10,000 test."""
@@ -185,11 +229,24 @@ class IDXImages(FileDataModule):
             for split, (fname, sha) in files.items()
         }
         self.val_size = val_size
+        self.name = name
 
     def load_splits(self) -> Splits:
         train = parse_idx_images(self.read("train"), self.files["train"].name).float() / 255.0
         test = parse_idx_images(self.read("test"), self.files["test"].name).float() / 255.0
         return train[: -self.val_size], train[-self.val_size :], test
+
+    def load_labels(self) -> Splits:
+        """Read on request only: training needs no label files."""
+        base = IDX_SOURCES[self.name][0]
+        labels = {}
+        for split, (fname, sha) in IDX_LABELS[self.name].items():
+            file = RemoteFile(self.name, fname, f"{base}/{fname}", sha)
+            labels[split] = parse_idx_labels(
+                fetch(file, self.root, self.download, self.mirror), fname
+            )
+        train = labels["train"]
+        return train[: -self.val_size], train[-self.val_size :], labels["test"]
 
 
 BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"

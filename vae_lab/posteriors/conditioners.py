@@ -2,8 +2,10 @@
 and a per-datapoint context vector c (the amortisation), with weights shared by all datapoints.
 
 ``ConditionalMLP`` is a two-hidden-layer tanh MLP, h1 = tanh(W x + V c + b): the context term
-V c is computed once per datapoint and broadcast over the sample dims of x. Its output layer
-starts near zero, so the layer it drives starts near the identity.
+V c is computed once per datapoint and broadcast over the sample dims of x. Given no context
+(``context_dim=0``, ``context=None``) it is the plain MLP h1 = tanh(W x + b), which lets one
+layer class serve both an amortised posterior and an unconditional density such as the flow
+prior. Its output layer starts near zero, so the layer it drives starts near the identity.
 
 ``made`` masks the same network into a MADE (Germain et al. 2015, "MADE: Masked Autoencoder
 for Distribution Estimation"): input coordinate k gets a degree d_k in 1..D, hidden unit j a
@@ -40,7 +42,7 @@ class MaskedLinear(nn.Linear):
 
 
 class ConditionalMLP(nn.Module):
-    """(x [..., B, in_dim], context [B, context_dim]) -> [..., B, out_dim]."""
+    """(x [..., B, in_dim], context [B, context_dim] or None) -> [..., B, out_dim]."""
 
     def __init__(
         self,
@@ -52,13 +54,16 @@ class ConditionalMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.input = MaskedLinear(in_dim, hidden_dim, masks[0])
-        self.context = nn.Linear(context_dim, hidden_dim, bias=False)
+        self.context = nn.Linear(context_dim, hidden_dim, bias=False) if context_dim else None
         self.hidden = MaskedLinear(hidden_dim, hidden_dim, masks[1])
         self.output = MaskedLinear(hidden_dim, out_dim, masks[2])
         near_identity_(self.output.weight, self.output.bias)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        h = torch.tanh(self.input(x) + self.context(context))
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        pre = self.input(x)
+        if self.context is not None:
+            pre = pre + self.context(context)
+        h = torch.tanh(pre)
         return self.output(torch.tanh(self.hidden(h)))
 
 

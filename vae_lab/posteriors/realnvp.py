@@ -29,7 +29,8 @@ SCALE_BOUND = 3.0  # |log-scale| < 3: each coupling scales a coordinate by at mo
 
 
 class CouplingLayer(FlowLayer):
-    """Raw parameters per datapoint: the context [B, context_dim]."""
+    """Raw parameters per datapoint: the context [B, context_dim]; with ``context_dim=0`` the
+    layer takes none (``layer()``) and is an unconditional coupling, as in the flow prior."""
 
     def __init__(self, latent_dim: int, context_dim: int, hidden_dim: int, flip: bool) -> None:
         super().__init__()
@@ -38,12 +39,14 @@ class CouplingLayer(FlowLayer):
         self.register_buffer("kept", kept.float())
         self.net = ConditionalMLP(latent_dim, context_dim, hidden_dim, 2 * latent_dim)
 
-    def shift_and_log_scale(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def shift_and_log_scale(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         shift, raw = self.net(x * self.kept, context).chunk(2, dim=-1)
         free = 1.0 - self.kept
         return shift * free, SCALE_BOUND * torch.tanh(raw / SCALE_BOUND) * free
 
-    def forward(self, params: Tensor) -> TriangularAffineTransform:
+    def forward(self, params: Tensor | None = None) -> TriangularAffineTransform:
         return TriangularAffineTransform(partial(self.shift_and_log_scale, context=params), 1)
 
 

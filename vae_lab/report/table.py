@@ -21,15 +21,22 @@ from typing import Any
 from vae_lab.identity import configuration
 from vae_lab.report.collect import Run, option_rank, with_status
 
-#: (metric, column title); the eval/ gaps appear once `python -m vae_lab.evaluate` has run
+#: (metric, column title); the eval/ gaps appear once `python -m vae_lab.evaluate` has run, the
+#: sample-quality columns where some run has them
 METRICS = (
     ("test/elbo", "ELBO"),
     ("test/log_px", "log p(x)"),
     ("test/inference_gap", "inference gap"),
     ("eval/approximation_gap", "approximation gap"),
     ("eval/amortization_gap", "amortization gap"),
+    # sample quality (vae_lab.sample_quality), where the runs have it
+    ("test/fid_recon", "FID recon"),
+    ("test/fid_samples", "FID samples"),
+    ("test/kid_samples", "KID samples"),
+    ("test/precision_samples", "precision"),
+    ("test/recall_samples", "recall"),
 )
-ALWAYS_SHOWN = 3  # the test/ metrics; the eval/ ones only where some run has them
+ALWAYS_SHOWN = 3  # the first test/ metrics; the others only where some run has them
 CSV_LEAD = ("folder", "status", "data", "posterior", "prior", "likelihood", "model", "seed")
 CSV_TAIL = ("wall_time_s", "error")
 

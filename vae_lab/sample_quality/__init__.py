@@ -1,0 +1,17 @@
+"""Sample quality: how blurry are a VAE's samples, and how much of it is the prior's fault."""
+
+from vae_lab.sample_quality.callback import SampleQualityCallback
+from vae_lab.sample_quality.classifier import ClassifierSpec, FeatureClassifier, cached_classifier
+from vae_lab.sample_quality.metrics import PrecisionRecall, SampleQualityMetrics
+from vae_lab.sample_quality.quality import RENDERINGS, SampleQuality
+
+__all__ = [
+    "RENDERINGS",
+    "ClassifierSpec",
+    "FeatureClassifier",
+    "PrecisionRecall",
+    "SampleQuality",
+    "SampleQualityCallback",
+    "SampleQualityMetrics",
+    "cached_classifier",
+]
