@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.distributions import Distribution
 
-from vae_lab.ais import AnnealingPath, anneal, sigmoid_schedule
+from vae_lab.ais import AnnealingPath, ais_log_px, anneal, sigmoid_schedule
 from vae_lab.data.linear_gaussian import ppca_of
 from vae_lab.elbo import LogLikelihood, log_mean_weight, reparameterize
 from vae_lab.estimate import Estimate, Figure
@@ -77,27 +77,23 @@ def bdmc(
     """Forward and reverse AIS for N simulated datapoints x (``log_likelihood`` is theirs, q
     has batch shape [N]) generated from ``z_true`` [N, D]; the step sizes are frozen from a
     pilot forward pass and replayed, reversed, by the reverse pass."""
-    path = AnnealingPath.of(q, prior, log_likelihood)
+    forward = ais_log_px(
+        q, prior, log_likelihood, num_steps, num_chains, leapfrog_steps, step_size,
+        pilot_chains=pilot_chains, progress=progress,
+    )  # fmt: skip
     reparam = reparameterize(q)
-    betas = sigmoid_schedule(num_steps)
-    _, _, schedule = anneal(
-        path, reparam.noise.sample((pilot_chains,)), betas, step_size, leapfrog_steps,
-        progress=progress,
-    )  # fmt: skip
-    forward, accept_rate, _ = anneal(
-        path, reparam.noise.sample((num_chains,)), betas, schedule, leapfrog_steps,
-        progress=progress,
-    )  # fmt: skip
     with torch.no_grad():
         start = reparam.pull_back(z_true).expand(num_chains, *z_true.shape)
+    path = AnnealingPath.of(q, prior, log_likelihood)
+    betas = sigmoid_schedule(num_steps).flip(0)
     reverse, _, _ = anneal(
-        path, start, betas.flip(0), schedule.flip(0), leapfrog_steps, progress=progress
+        path, start, betas, forward.step_sizes.flip(0), leapfrog_steps, progress=progress
     )
-    lower = log_mean_weight(forward)
+    lower = forward.log_px
     upper = -log_mean_weight(reverse).value
     width = upper - lower.value
     spread = width.var() if width.numel() > 1 else torch.zeros_like(width[0])
-    return BDMCEstimate(lower, Estimate(upper, spread.expand_as(upper)), accept_rate)
+    return BDMCEstimate(lower, Estimate(upper, spread.expand_as(upper)), forward.accept_rate)
 
 
 def bdmc_metrics(model: VAE, ev: DictConfig) -> dict[str, float]:
