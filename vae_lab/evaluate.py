@@ -62,10 +62,11 @@ from vae_lab.gaps import (
     qstar_residual,
     warn_if_residual_matters,
 )
+from vae_lab.metrics import IWLogLikelihood
 from vae_lab.module import VAE
 from vae_lab.outputs import update_metrics, write_json
 from vae_lab.posteriors import PosteriorFamily
-from vae_lab.psis import KHAT_BAD, warn_if_unreliable
+from vae_lab.psis import warn_if_unreliable
 from vae_lab.run import USER_ERRORS, use_threads
 from vae_lab.validation import ConfigError, validate
 
@@ -227,16 +228,17 @@ def evaluate_points(
         return Estimate.cat(parts).figure()
 
     with timed(metrics, "iw"), torch.inference_mode():
-        iw = [model.iw_estimate(x[i : i + batch_size], k, chunk) for i in batches]
-        log_px = Estimate.cat([e.log_px for e in iw]).figure()
-        elbo_q = Estimate.cat([e.elbo for e in iw]).figure()
-        ess, khat = (torch.cat([getattr(e, name) for e in iw]) for name in ("ess", "khat"))
-    put(metrics, "log_px", log_px)
+        summary = IWLogLikelihood()  # the test stage's summary: log p(x), ESS/K, k-hat
+        elbo_parts = []
+        for i in batches:
+            estimate = model.iw_estimate(x[i : i + batch_size], k, chunk)
+            summary.update(estimate)
+            elbo_parts.append(estimate.elbo)
+        values = {f"eval/{name}": float(value) for name, value in summary.compute().items()}
+    metrics.update(values)
+    log_px = Figure(values["eval/log_px"], values["eval/log_px_stderr"])
+    elbo_q = Estimate.cat(elbo_parts).figure()
     put(metrics, "elbo", elbo_q)
-    metrics["eval/ess"] = float(ess.mean())
-    metrics["eval/ess_fraction"] = float(ess.mean() / k)
-    metrics["eval/psis_khat"] = float(khat.mean())
-    metrics["eval/psis_khat_bad"] = float((khat > KHAT_BAD).double().mean())
     warn_if_unreliable("eval", metrics["eval/psis_khat_bad"], "eval.num_samples")
 
     with timed(metrics, "ais"):
