@@ -35,16 +35,16 @@ Step sizes are frozen before the reported chains start. A pilot pass (``pilot_ch
 per datapoint) adapts each datapoint's step size, multiplying it by 1.1 when its chains' mean
 acceptance probability is above the target (0.65) and by 0.9 otherwise, and records the step
 size used at every beta_t; its weights are discarded, so it may adapt this fast (a 50-step
-annealing reaches a useful step size from 0.05, where 1.02 left the chains nearly still). The reported pass replays that schedule on fresh chains. Adapting
-within the reported pass would make the step size at t depend on the chains' own past
-acceptances, and so on their positions; the transitions would still leave each f_t invariant
-one by one, but the chain would no longer be the fixed sequence of kernels the unbiasedness
-proof (Neal 2001) needs, and E[w] = p(x) fails: measured on a 20-D PPCA model, the adaptive
-estimate was 4 standard errors *above* the exact log p(x). With a schedule that depends only
-on the pilot's independent chains, each reported weight is unbiased given the schedule, and
-log p^(x) is a stochastic lower bound again. Datapoints and chains are one batch, eps of shape
-[C, N, D]; the model is only differentiated with respect to eps. Weights are accumulated in
-float64.
+annealing reaches a useful step size from 0.05, where 1.02 left the chains nearly still). The
+reported pass replays that schedule on fresh chains. Adapting within the reported pass would
+make the step size at t depend on the chains' own past acceptances, and so on their positions;
+the transitions would still leave each f_t invariant one by one, but the chain would no longer
+be the fixed sequence of kernels the unbiasedness proof (Neal 2001) needs, and E[w] = p(x)
+fails: measured on a 20-D PPCA model, the adaptive estimate was 4 standard errors *above* the
+exact log p(x). With a schedule that depends only on the pilot's independent chains, each
+reported weight is unbiased given the schedule, and log p^(x) is a stochastic lower bound
+again. Datapoints and chains are one batch, eps of shape [C, N, D]; the model is only
+differentiated with respect to eps. Weights are accumulated in float64.
 """
 
 from __future__ import annotations

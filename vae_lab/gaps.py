@@ -61,7 +61,12 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal
 from tqdm import trange
 
-from vae_lab.elbo import LogLikelihood, elbo_terms, log_importance_weights
+from vae_lab.elbo import (
+    LogLikelihood,
+    elbo_terms,
+    log_importance_weights,
+    rsample_with_log_prob,
+)
 from vae_lab.estimate import Estimate, Figure
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.posteriors.gaussian import MIN_SCALE
@@ -178,8 +183,9 @@ def objective(
     else the ELBO core's reparameterised ELBO (analytic KL where known)."""
     q = family.distribution(theta)
     if gradient == "stl" and isinstance(q, (Independent, MultivariateNormal)):
-        z = q.rsample((num_samples,))
-        log_q = family.distribution(theta.detach()).log_prob(z)
+        z, log_q = rsample_with_log_prob(q, num_samples)  # the value, exact from the noise
+        stopped = family.distribution(theta.detach()).log_prob(z)  # the gradient, through z
+        log_q = log_q.detach() + stopped - stopped.detach()
         return (log_likelihood(z) + prior.log_prob(z) - log_q).mean(0)
     return elbo_terms(q, prior, log_likelihood, num_samples).elbo
 
