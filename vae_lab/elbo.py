@@ -64,6 +64,12 @@ def _affine(loc: Tensor, log_det: Tensor, scale: Callable[[Tensor], Tensor]) -> 
     return lambda eps: (loc + scale(eps), log_det.expand(eps.shape[:-1]))
 
 
+def _solve_lower(tril: Tensor, b: Tensor) -> Tensor:
+    """L^-1 b in float64 for b [..., D]: an ill-conditioned L loses cond(L) x eps of precision."""
+    solved = torch.linalg.solve_triangular(tril.double(), b.unsqueeze(-1), upper=False)
+    return solved.squeeze(-1)
+
+
 def reparameterize(q: Distribution) -> Reparameterization:
     """q as T#q0 (see ``Reparameterization``).
 
@@ -77,7 +83,7 @@ def reparameterize(q: Distribution) -> Reparameterization:
             return Reparameterization(
                 _standard_normal_like(loc),
                 _affine(loc, scale.log().sum(-1), lambda eps: scale * eps),
-                lambda z: (z - loc) / scale,
+                lambda z: ((z.double() - loc.double()) / scale.double()).to(z.dtype),
             )
     if isinstance(q, MultivariateNormal):
         loc, tril = q.loc, q.scale_tril
@@ -88,9 +94,7 @@ def reparameterize(q: Distribution) -> Reparameterization:
                 tril.diagonal(dim1=-2, dim2=-1).log().sum(-1),
                 lambda eps: (tril @ eps.unsqueeze(-1)).squeeze(-1),
             ),
-            lambda z: torch.linalg.solve_triangular(
-                tril, (z - loc).unsqueeze(-1), upper=False
-            ).squeeze(-1),
+            lambda z: _solve_lower(tril, z.double() - loc.double()).to(z.dtype),
         )
     if hasattr(q, "push_forward"):
         base = reparameterize(q.base_dist)
