@@ -185,7 +185,7 @@ def test_flow_starts_near_the_identity(name):
     assert isinstance(family, FlowPosterior)
     theta = family(torch.tanh(torch.randn(50, 200)))
     torch.manual_seed(1)
-    z, log_q = family.distribution(theta).rsample_and_log_prob((10,))
+    z, log_q = rsample_with_log_prob(family.distribution(theta), 10)
     torch.manual_seed(1)
     base = family.base_distribution(theta)
     z0 = base.rsample((10,))

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from tests.conftest import compose_config
 from tests.test_evaluate import QUICK, train
 from vae_lab.build import build_datamodule
-from vae_lab.evaluate import load_model, main
+from vae_lab.evaluate import Run, load_model, main
 from vae_lab.outputs import read_metrics
 from vae_lab.refit import aggregate_posterior_codes, refit_prior
 
@@ -45,7 +45,8 @@ def test_refitted_prior_raises_the_likelihood_of_held_out_codes_over_the_standar
     cfg = compose_config(REFIT_QUICK)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    model = load_model(cfg, trained_run / "checkpoints" / "best.ckpt", datamodule.data_dim)
+    run = Run(trained_run, trained_run / "checkpoints" / "best.ckpt")
+    model = load_model(cfg, run, datamodule.data_dim)
     torch.manual_seed(0)
     train_x, val_x, _ = datamodule.splits
     codes = aggregate_posterior_codes(model, torch.bernoulli(train_x), codes_per_point=4)

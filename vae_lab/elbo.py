@@ -14,6 +14,17 @@ The KL term is analytic where ``torch.distributions.kl_divergence`` knows the (q
 Monte Carlo estimate E_q[log q(z|x) - log p(z)] otherwise, so the core never asks which
 posterior family or prior it has. Log-weights are accumulated over chunks of samples with a
 streaming log-sum-exp, so memory is bounded by the chunk size and not by K.
+
+Samples and their log-density come from the noise that made them: every reparameterisable q
+is z = T(eps) with eps ~ N(0, I) (a Gaussian's T(eps) = mu + L eps, a flow's T its layers
+after the base's), so log q(z|x) = log N(eps; 0, I) - log |det dT/deps| is exact however
+ill-conditioned L is. Recomputing it as q.log_prob(z) would solve L^-1 (z - mu) on a rounded
+z, which is off by (rounding error) x cond(L): billions of nats for cond(L) = 1e12.
+
+The same K log-weights give the ELBO estimate mean_k log w_k (``elbo``, the ELBO of q by
+Monte Carlo; ``elbo_terms`` is the training ELBO with the analytic KL, another estimator of
+the same quantity), the effective sample size and the Pareto k-hat of the weights
+(``vae_lab.psis``), which says whether the IW estimate can be trusted.
 """
 
 from __future__ import annotations
@@ -24,22 +35,94 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+
+from vae_lab.estimate import Estimate
+from vae_lab.psis import pareto_khat, tail_length
 
 #: z of shape [S, B, D] -> log p(x|z) of shape [S, B] for the batch of datapoints x.
 LogLikelihood = Callable[[Tensor], Tensor]
+#: eps [..., B, D] -> (z = T(eps), log |det dT/deps| [..., B])
+PushForward = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class Reparameterization:
+    """q = T#q0: the noise distribution q0, eps -> (z = T(eps), log |det dT/deps|), and
+    z -> eps = T^-1(z)."""
+
+    noise: Distribution
+    push_forward: PushForward
+    pull_back: Callable[[Tensor], Tensor]
+
+
+def _standard_normal_like(loc: Tensor) -> Independent:
+    return Independent(Normal(torch.zeros_like(loc), torch.ones_like(loc)), 1)
+
+
+def _affine(loc: Tensor, log_det: Tensor, scale: Callable[[Tensor], Tensor]) -> PushForward:
+    return lambda eps: (loc + scale(eps), log_det.expand(eps.shape[:-1]))
+
+
+def _solve_lower(tril: Tensor, b: Tensor) -> Tensor:
+    """L^-1 b in float64 for b [..., D]: an ill-conditioned L loses cond(L) x eps of precision."""
+    solved = torch.linalg.solve_triangular(tril.double(), b.unsqueeze(-1), upper=False)
+    return solved.squeeze(-1)
+
+
+def reparameterize(q: Distribution) -> Reparameterization:
+    """q as T#q0 (see ``Reparameterization``).
+
+    A diagonal or full-covariance Gaussian is mu + L eps with eps ~ N(0, I); a flow (a
+    distribution with ``base_dist`` and ``push_forward``) is its layers after its base's map;
+    any other q is its own noise under the identity.
+    """
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        if q.reinterpreted_batch_ndims == 1:
+            loc, scale = q.base_dist.loc, q.base_dist.scale
+            return Reparameterization(
+                _standard_normal_like(loc),
+                _affine(loc, scale.log().sum(-1), lambda eps: scale * eps),
+                lambda z: ((z.double() - loc.double()) / scale.double()).to(z.dtype),
+            )
+    if isinstance(q, MultivariateNormal):
+        loc, tril = q.loc, q.scale_tril
+        return Reparameterization(
+            _standard_normal_like(loc),
+            _affine(
+                loc,
+                tril.diagonal(dim1=-2, dim2=-1).log().sum(-1),
+                lambda eps: (tril @ eps.unsqueeze(-1)).squeeze(-1),
+            ),
+            lambda z: _solve_lower(tril, z.double() - loc.double()).to(z.dtype),
+        )
+    if hasattr(q, "push_forward"):
+        base = reparameterize(q.base_dist)
+
+        def push_forward(eps: Tensor) -> tuple[Tensor, Tensor]:
+            z0, base_log_det = base.push_forward(eps)
+            z, log_det = q.push_forward(z0)
+            return z, base_log_det + log_det
+
+        def pull_back(z: Tensor) -> Tensor:
+            for transform in reversed(q.transforms):
+                z = transform.inv(z)
+            return base.pull_back(z)
+
+        return Reparameterization(base.noise, push_forward, pull_back)
+    return Reparameterization(q, lambda z: (z, z.new_zeros(z.shape[:-1])), lambda z: z)
 
 
 def rsample_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tensor]:
-    """Reparameterised samples z ~ q, shape [S, B, D], and log q(z), shape [S, B].
-
-    Flow posteriors compute log q(z) alongside the forward pass (their inverse may have no
-    closed form); they expose it as ``rsample_and_log_prob``.
-    """
+    """Reparameterised samples z ~ q, shape [S, B, D], and log q(z), shape [S, B], from the
+    noise that made them (see the module docstring). A distribution may supply its own as
+    ``rsample_and_log_prob``."""
     if hasattr(q, "rsample_and_log_prob"):
         return q.rsample_and_log_prob((num_samples,))
-    z = q.rsample((num_samples,))
-    return z, q.log_prob(z)
+    reparam = reparameterize(q)
+    eps = reparam.noise.rsample((num_samples,))
+    z, log_det = reparam.push_forward(eps)
+    return z, reparam.noise.log_prob(eps) - log_det
 
 
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:
@@ -88,12 +171,20 @@ def log_importance_weights(
 
 @dataclass
 class IWEstimate:
-    """The importance-weighted estimate of log p(x), per datapoint."""
+    """What K importance weights per datapoint say, each [B] unless noted.
 
-    log_px: Tensor  # logsumexp_k log w_k - log K, shape [B]
-    variance: Tensor  # Monte Carlo variance of log_px (delta method): 1/ESS - 1/K, shape [B]
-    ess: Tensor  # effective sample size (sum w)^2 / sum w^2, shape [B]
-    z_mean: Tensor  # the sample mean of z under q, an estimate of E_q[z], shape [B, D]
+    ``log_px`` is the IW estimate with the delta-method variance of its Monte Carlo noise,
+    1/ESS - 1/K; it is a stochastic lower bound whose bias that variance does not cover, and
+    which exceeds it where ``khat`` > 0.7. ``elbo`` is mean_k log w_k with variance
+    Var[log w] / K.
+    """
+
+    log_px: Estimate
+    elbo: Estimate
+    ess: Tensor  # effective sample size (sum w)^2 / sum w^2
+    khat: Tensor  # Pareto k-hat of the weights (nan where K < 6)
+    z_mean: Tensor  # the sample mean of z under q, an estimate of E_q[z], [B, D]
+    num_samples: int
 
 
 def iw_log_px(
@@ -106,44 +197,52 @@ def iw_log_px(
     """log p^(x) with K = ``num_samples`` importance samples drawn ``chunk_size`` at a time.
 
     The running state per datapoint is the maximum m of the log-weights seen so far and the
-    sums s1 = sum_k exp(log w_k - m), s2 = sum_k exp(2 (log w_k - m)), rescaled when m grows.
-    Then log p^(x) = m + log s1 - log K, ESS = s1^2 / s2, and by the delta method
-    Var[log p^(x)] ~= Var[w] / (K E[w]^2) = 1/ESS - 1/K.
+    sums s1 = sum_k exp(log w_k - m), s2 = sum_k exp(2 (log w_k - m)), rescaled when m grows;
+    the sums of log w_k - c and its square (c the first chunk's mean, against cancellation);
+    and the M + 1 largest log-weights for k-hat. Then log p^(x) = m + log s1 - log K,
+    ESS = s1^2 / s2, and by the delta method Var[log p^(x)] ~= Var[w] / (K E[w]^2)
+    = 1/ESS - 1/K.
     """
-    m = s1 = s2 = z_sum = None
+    keep = tail_length(num_samples) + 1
     done = 0
     while done < num_samples:
         n = min(chunk_size, num_samples - done)
         log_w, z = log_importance_weights(q, prior, log_likelihood, n)
         log_w = log_w.double()
         chunk_max = log_w.max(0).values
-        if m is None:
+        if done == 0:
             m, s1, s2, z_sum = chunk_max, 0.0, 0.0, 0.0
+            shift, total, total_sq = log_w.mean(0), 0.0, 0.0
+            top = log_w[:0]
         new_m = torch.maximum(m, chunk_max)
-        shift = torch.exp(m - new_m)
+        rescale = torch.exp(m - new_m)
         rel = torch.exp(log_w - new_m)
-        s1 = s1 * shift + rel.sum(0)
-        s2 = s2 * shift**2 + (rel**2).sum(0)
+        s1 = s1 * rescale + rel.sum(0)
+        s2 = s2 * rescale**2 + (rel**2).sum(0)
+        total = total + (log_w - shift).sum(0)
+        total_sq = total_sq + ((log_w - shift) ** 2).sum(0)
+        top = torch.cat([top, log_w]).topk(min(keep, done + n), dim=0).values
         z_sum = z_sum + z.sum(0)
         m = new_m
         done += n
-    log_px, variance, ess = _mean_weight_estimate(m, s1, s2, num_samples)
-    return IWEstimate(log_px=log_px, variance=variance, ess=ess, z_mean=z_sum / num_samples)
+    log_px, ess = _log_mean_weight(m, s1, s2, num_samples)
+    mean = total / num_samples
+    sample_var = (total_sq / num_samples - mean**2).clamp_min(0.0) * num_samples
+    elbo = Estimate(shift + mean, sample_var / max(num_samples - 1, 1) / num_samples)
+    khat = pareto_khat(top) if keep > 1 else torch.full_like(m, math.nan)
+    return IWEstimate(log_px, elbo, ess, khat, z_sum / num_samples, num_samples)
 
 
-def _mean_weight_estimate(
-    m: Tensor, s1: Tensor, s2: Tensor, k: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def _log_mean_weight(m: Tensor, s1: Tensor, s2: Tensor, k: int) -> tuple[Estimate, Tensor]:
     """From m = max log w, s1 = sum exp(log w - m), s2 = sum exp(2 (log w - m)) over k weights:
-    log of their mean, its delta-method variance 1/ESS - 1/k, and ESS = s1^2 / s2."""
+    the log of their mean with its delta-method variance 1/ESS - 1/k, and ESS = s1^2 / s2."""
     ess = s1**2 / s2
-    return m + torch.log(s1) - math.log(k), (1.0 / ess - 1.0 / k).clamp_min(0.0), ess
+    return Estimate(m + torch.log(s1) - math.log(k), (1.0 / ess - 1.0 / k).clamp_min(0.0)), ess
 
 
-def log_mean_weight(log_w: Tensor) -> tuple[Tensor, Tensor]:
-    """log (1/K) sum_k w_k over dim 0 of log-weights [K, ...] held in memory, and the Monte
-    Carlo variance of that estimate, by the same delta method as ``iw_log_px``."""
+def log_mean_weight(log_w: Tensor) -> Estimate:
+    """log (1/K) sum_k w_k over dim 0 of log-weights [K, ...] held in memory, with the Monte
+    Carlo variance of that estimate by the same delta method as ``iw_log_px``."""
     m = log_w.max(0).values
     rel = torch.exp(log_w - m)
-    log_px, variance, _ = _mean_weight_estimate(m, rel.sum(0), (rel**2).sum(0), log_w.shape[0])
-    return log_px, variance
+    return _log_mean_weight(m, rel.sum(0), (rel**2).sum(0), log_w.shape[0])[0]

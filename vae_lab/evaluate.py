@@ -11,14 +11,16 @@ that records another run than the folder's; it checks that it can write into the
 any work. On ``eval.gap_points`` datapoints of ``eval.split``, a subset
 seeded by ``eval.seed``, it runs these stages, each timed (``eval/time_<stage>_s``):
 
-    iw      log p(x) by importance sampling, K = eval.num_samples (the ELBO core's estimate)
-    elbo    ELBO(q) of the encoder, from K samples
+    iw      log p(x) by importance sampling, K = eval.num_samples, and from the same weights
+            ELBO(q) of the encoder, ESS/K and the Pareto k-hat (the ELBO core's estimate)
     ais     log p(x) by annealed importance sampling (vae_lab.ais)
-    qstar   q*, ELBO(q*) from K samples, and the gap split (vae_lab.gaps)
+    qstar   q*, ELBO(q*) from K samples, qstar_residual and the gap split (vae_lab.gaps)
     exact   log p(x) in closed form, when the model is probabilistic PCA
     sample quality   FID/KID/precision/recall of reconstructions and prior samples on the test
             images, and of the priors of eval.refit_prior=[mixture,flow,diffusion] refitted
             to the aggregate posterior (vae_lab.sample_quality.evaluation)
+    bdmc    with eval.bdmc=true: AIS bounds from both sides on data simulated from the model
+            (vae_lab.bdmc)
 
 The gaps are measured from the exact log p(x) when it is known, else from the better of the
 IW and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family other
@@ -61,24 +63,28 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from vae_lab.ais import ais_log_px
+from vae_lab.bdmc import bdmc_metrics
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.console import quiet_third_parties
 from vae_lab.data import InMemoryDataModule
 from vae_lab.data.linear_gaussian import ppca_of
+from vae_lab.elbo import iw_log_px
+from vae_lab.estimate import Estimate, Figure
 from vae_lab.gaps import (
-    Estimate,
-    Figure,
     QStarSettings,
-    elbo_estimate,
     fit_qstar,
     gap_split,
     moment_matched_theta,
     prior_theta,
+    qstar_residual,
+    warn_if_residual_matters,
 )
+from vae_lab.metrics import IWLogLikelihood
 from vae_lab.module import VAE
 from vae_lab.outputs import METRICS_FILE, read_metrics, update_metrics, write_json
 from vae_lab.paths import CONF_DIR
 from vae_lab.posteriors import PosteriorFamily
+from vae_lab.psis import warn_if_unreliable
 from vae_lab.run import HYDRA_DIR, USER_ERRORS, saved_choices, use_threads
 from vae_lab.sample_quality.evaluation import check_settings, sample_quality_stage
 from vae_lab.validation import (
@@ -131,6 +137,12 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.qstar_samples": POSITIVE_INT,
     "eval.qstar_max_steps": POSITIVE_INT,
     "eval.qstar_tol": NON_NEGATIVE_NUMBER,
+    "eval.ais_pilot_chains": POSITIVE_INT,
+    "eval.qstar_decays": NON_NEGATIVE_INT,
+    "eval.qstar_gradient": one_of("stl", "reparam"),
+    "eval.qstar_residual_steps": POSITIVE_INT,
+    "eval.bdmc": one_of(True, False),
+    "eval.bdmc_points": POSITIVE_INT,
 }
 
 
@@ -340,31 +352,36 @@ def evaluate_points(
     with torch.no_grad():
         prior = model.p_z()
 
-    with timed(metrics, "iw"), torch.inference_mode():
-        iw = [model.iw_estimate(x[i : i + batch_size], k, chunk) for i in batches]
-        log_px = Estimate.cat([Estimate(e.log_px, e.variance) for e in iw]).figure()
-        metrics["eval/ess"] = float(torch.cat([e.ess for e in iw]).mean())
-    put(metrics, "log_px", log_px)
-
     def elbo_over_batches(q_of: Callable[[slice], Distribution]) -> Figure:
         parts = [
-            elbo_estimate(q_of(s), prior, model.log_likelihood(x[s]), k, chunk)
+            iw_log_px(q_of(s), prior, model.log_likelihood(x[s]), k, chunk).elbo
             for s in (slice(i, i + batch_size) for i in batches)
         ]
         return Estimate.cat(parts).figure()
 
-    with timed(metrics, "elbo"), torch.inference_mode():
-        elbo_q = elbo_over_batches(lambda s: model.q(x[s]))
+    with timed(metrics, "iw"), torch.inference_mode():
+        summary = IWLogLikelihood()  # the test stage's summary: log p(x), ESS/K, k-hat
+        elbo_parts = []
+        for i in batches:
+            estimate = model.iw_estimate(x[i : i + batch_size], k, chunk)
+            summary.update(estimate)
+            elbo_parts.append(estimate.elbo)
+        values = {f"eval/{name}": float(value) for name, value in summary.compute().items()}
+    metrics.update(values)
+    log_px = Figure(values["eval/log_px"], values["eval/log_px_stderr"])
+    elbo_q = Estimate.cat(elbo_parts).figure()
     put(metrics, "elbo", elbo_q)
+    warn_if_unreliable("eval", metrics["eval/psis_khat_bad"], "eval.num_samples")
 
     with timed(metrics, "ais"):
         with torch.no_grad():
             q = model.q(x)
         ais = ais_log_px(
             q, prior, model.log_likelihood(x), ev.ais_steps, ev.ais_chains,
-            leapfrog_steps=ev.ais_leapfrog_steps, progress=True,
+            leapfrog_steps=ev.ais_leapfrog_steps, pilot_chains=ev.ais_pilot_chains,
+            progress=True,
         )  # fmt: skip
-    log_px_ais = Estimate(ais.log_px, ais.variance).figure()
+    log_px_ais = ais.log_px.figure()
     put(metrics, "log_px_ais", log_px_ais)
     metrics["eval/ais_accept_rate"] = float(ais.accept_rate.mean())
     best = max(log_px, log_px_ais, key=lambda f: f.value)
@@ -384,8 +401,10 @@ def evaluate_points(
         reference = Figure(exact, 0.0)
 
     settings = QStarSettings(
-        lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps, tol=ev.qstar_tol
-    )
+        lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps,
+        tol=ev.qstar_tol, num_decays=ev.qstar_decays, gradient=ev.qstar_gradient,
+        residual_steps=ev.qstar_residual_steps,
+    )  # fmt: skip
     init = ev.qstar_init
 
     def qstar_stage(family: PosteriorFamily, suffix: str) -> None:
@@ -397,20 +416,25 @@ def evaluate_points(
                     theta0 = prior_theta(family, prior, x.shape[0], settings)
                     if init == "encoder":
                         theta0 = moment_matched_theta(family, model.q(x), theta0)
-            fit = fit_qstar(
-                family, prior, lambda rows: model.log_likelihood(x[rows]), theta0, settings,
-                progress=True,
-            )  # fmt: skip
+            rows_likelihood = lambda rows: model.log_likelihood(x[rows])  # noqa: E731
+            fit = fit_qstar(family, prior, rows_likelihood, theta0, settings, progress=True)
             with torch.inference_mode():
                 elbo_qstar = elbo_over_batches(lambda s: family.distribution(fit.theta[s]))
+            residual = qstar_residual(family, prior, rows_likelihood, fit, settings, k, chunk)
         put(metrics, f"elbo_qstar{suffix}", elbo_qstar)
+        put(metrics, f"qstar_residual{suffix}", residual.figure())
         metrics[f"eval/qstar_converged{suffix}"] = float(fit.converged.double().mean())
         metrics[f"eval/qstar_steps{suffix}"] = fit.steps
         for name, figure in gap_split(reference, elbo_qstar, elbo_q).items():
             put(metrics, f"{name}{suffix}" if name != "inference_gap" else name, figure)
+        gap_stderr = metrics[f"eval/approximation_gap{suffix}_stderr"]
+        warn_if_residual_matters(residual.figure(), gap_stderr)
 
     for family, suffix in families:
         qstar_stage(family, suffix)
+    if ev.bdmc:
+        with timed(metrics, "bdmc"):
+            metrics.update(bdmc_metrics(model, ev))
     chosen = {"qstar_init": init, "gap_reference": "exact" if ppca is not None else "best"}
     return metrics, chosen
 

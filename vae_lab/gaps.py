@@ -21,6 +21,21 @@ fit costs in proportion to how long each datapoint takes to converge, not the sl
 The shrinking step size lets Adam settle closer to the optimum than its noise floor at the
 initial step size.
 
+For the Gaussian families the gradient is the "sticking the landing" one (Roeder, Wu &
+Duvenaud 2017, ``gradient=stl``): the score term of log q is dropped (log q evaluated with its
+parameters detached), which leaves the gradient unbiased and makes its variance vanish when
+q equals the posterior, so q* can reach the optimum instead of a noise floor; flows keep the
+plain reparameterised gradient (their log q at a given z needs an inverse).
+
+``eval/qstar_residual``, the ELBO still to gain when q* stopped, is measured: q* is continued
+for ``residual_steps`` more steps at each datapoint's final step size with
+``residual_sample_factor`` times the samples, and the ELBOs before and after are compared on the
+same draws of the noise (common random numbers), so that their difference is not drowned in
+the Monte Carlo noise of either. It estimates what more optimisation gains, a lower estimate
+of the distance to the optimum where progress slows; the approximation gap is overestimated
+(and the amortization gap underestimated) by about this much, an error its stderr, Monte
+Carlo only, does not cover.
+
 theta starts from the encoder (``qstar_init=encoder``) or from the prior (``prior``). From the
 prior it is the one theta_0 = argmax_theta -KL(q_theta || p(z)) found by the same optimiser (an
 ELBO without a likelihood term), from the family's head bias. From the encoder it is the
@@ -30,75 +45,33 @@ per-coordinate standard deviation of samples of the encoder's q(z|x), so that ev
 starts near the amortised posterior rather than at the prior.
 
 ELBOs are reported as the mean of log w = log p(x, z) - log q(z|x) over S samples with Monte
-Carlo variance Var[log w] / S; a dataset figure is the mean over N datapoints with standard
-error sqrt(sum_i Var_i) / N, as for test/log_px, and the standard error of a difference of
-independent estimates adds in quadrature.
+Carlo variance Var[log w] / S (the ``elbo`` of the ELBO core's ``iw_log_px``), as figures of
+``vae_lab.estimate``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, MultivariateNormal
 from tqdm import trange
 
-from vae_lab.elbo import LogLikelihood, elbo_terms, log_importance_weights
+from vae_lab.elbo import (
+    LogLikelihood,
+    elbo_terms,
+    log_importance_weights,
+    rsample_with_log_prob,
+)
+from vae_lab.estimate import Estimate, Figure
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.posteriors.gaussian import MIN_SCALE
 
-
-@dataclass
-class Estimate:
-    """Per-datapoint Monte Carlo estimates and their variances, each [N]."""
-
-    value: Tensor
-    variance: Tensor
-
-    @classmethod
-    def cat(cls, parts: list[Estimate]) -> Estimate:
-        return cls(torch.cat([p.value for p in parts]), torch.cat([p.variance for p in parts]))
-
-    def figure(self) -> Figure:
-        n = self.value.numel()
-        return Figure(
-            float(self.value.double().mean()), float(self.variance.double().sum().sqrt() / n)
-        )
-
-
-@dataclass
-class Figure:
-    """A dataset mean and its Monte Carlo standard error."""
-
-    value: float
-    stderr: float
-
-    def __sub__(self, other: Figure) -> Figure:
-        return Figure(self.value - other.value, math.hypot(self.stderr, other.stderr))
-
-
-def elbo_estimate(
-    q: Distribution,
-    prior: Distribution,
-    log_likelihood: LogLikelihood,
-    num_samples: int,
-    chunk_size: int,
-) -> Estimate:
-    """ELBO(x) = E_q[log w] from ``num_samples`` samples drawn ``chunk_size`` at a time."""
-    total = total_sq = 0.0
-    done = 0
-    while done < num_samples:
-        n = min(chunk_size, num_samples - done)
-        log_w = log_importance_weights(q, prior, log_likelihood, n)[0].double()
-        total = total + log_w.sum(0)
-        total_sq = total_sq + (log_w**2).sum(0)
-        done += n
-    mean = total / num_samples
-    sample_var = (total_sq / num_samples - mean**2).clamp_min(0.0) * num_samples
-    return Estimate(mean, sample_var / max(num_samples - 1, 1) / num_samples)
+log = logging.getLogger(__name__)
 
 
 def gap_split(log_px: Figure, elbo_qstar: Figure, elbo_q: Figure) -> dict[str, Figure]:
@@ -116,8 +89,11 @@ class QStarSettings:
     max_steps: int = 5000
     check_every: int = 50  # steps per convergence window
     patience: int = 2  # windows without improvement before the step size is halved
-    num_decays: int = 4  # halvings before a datapoint is frozen
+    num_decays: int = 8  # halvings before a datapoint is frozen
     tol: float = 1e-3  # nats: the improvement that counts
+    gradient: str = "stl"  # stl (for the Gaussian families) or reparam
+    residual_steps: int = 200  # steps of the continuation that measures qstar_residual
+    residual_sample_factor: int = 4  # its samples per step, as a multiple of num_samples
 
 
 @dataclass
@@ -125,6 +101,7 @@ class QStarFit:
     theta: Tensor  # theta*, [N, P]
     steps: int  # iterations run
     converged: Tensor  # which datapoints met the convergence test, [N] bool
+    rate: Tensor  # each datapoint's final step size as a fraction of settings.lr, [N]
 
 
 #: row indices [A] of the batch -> log p(x_rows | z), z [S, A, D] -> [S, A]
@@ -138,16 +115,21 @@ def fit_qstar(
     theta0: Tensor,
     settings: QStarSettings,
     progress: bool = False,
+    rate0: Tensor | None = None,
 ) -> QStarFit:
     """theta* = argmax_theta ELBO(x; theta) for every datapoint of the batch, from theta0 [N, P].
 
     ``log_likelihood(rows)`` is the likelihood of the datapoints ``rows``, e.g.
-    ``lambda rows: model.log_likelihood(x[rows])``; only theta is differentiated.
+    ``lambda rows: model.log_likelihood(x[rows])``; only theta is differentiated. ``rate0``
+    [N] starts each datapoint's step size at that fraction of ``settings.lr`` (default 1).
     """
     theta = theta0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([theta], lr=settings.lr)
     num_points = theta.shape[0]
     rate = torch.ones(num_points, dtype=theta.dtype, device=theta.device)  # 0 once frozen
+    if rate0 is not None:
+        rate = rate0.to(theta).clone()
+    last_rate = rate.clone()
     best = torch.full((num_points,), -math.inf, dtype=torch.float64, device=theta.device)
     stalls = torch.zeros(num_points, dtype=torch.long, device=theta.device)
     decays = torch.zeros_like(stalls)
@@ -156,8 +138,10 @@ def fit_qstar(
     bar = trange(settings.max_steps, desc="q*", disable=not progress, leave=False)
     for step in bar:
         with torch.enable_grad():
-            q = family.distribution(theta[active])
-            elbo = elbo_terms(q, prior, log_likelihood(active), settings.num_samples).elbo
+            elbo = objective(
+                family, theta[active], prior, log_likelihood(active), settings.num_samples,
+                settings.gradient,
+            )  # fmt: skip
             (grad,) = torch.autograd.grad(-elbo.sum(), theta)
         before = theta.detach().clone()
         theta.grad = grad
@@ -175,6 +159,7 @@ def fit_qstar(
         freeze = plateau & (decays >= settings.num_decays)
         halve = plateau & ~freeze
         rate = torch.where(freeze, 0.0, torch.where(halve, rate / 2, rate))
+        last_rate = torch.where(rate > 0, rate, last_rate)
         decays += halve
         stalls[plateau] = 0
         window.zero_()
@@ -182,7 +167,78 @@ def fit_qstar(
         bar.set_postfix(converged=f"{num_points - len(active)}/{num_points}")
         if len(active) == 0:
             break
-    return QStarFit(theta.detach(), step + 1, rate == 0)
+    return QStarFit(theta.detach(), step + 1, rate == 0, last_rate)
+
+
+def objective(
+    family: PosteriorFamily,
+    theta: Tensor,
+    prior: Distribution,
+    log_likelihood: LogLikelihood,
+    num_samples: int,
+    gradient: str,
+) -> Tensor:
+    """The per-datapoint ELBO whose gradient q* follows: with ``gradient=stl`` and a Gaussian
+    q, mean_s log p(x, z_s) - log q_{stop(theta)}(z_s), the sticking-the-landing estimator;
+    else the ELBO core's reparameterised ELBO (analytic KL where known)."""
+    q = family.distribution(theta)
+    if gradient == "stl" and isinstance(q, (Independent, MultivariateNormal)):
+        z, log_q = rsample_with_log_prob(q, num_samples)  # the value, exact from the noise
+        stopped = family.distribution(theta.detach()).log_prob(z)  # the gradient, through z
+        log_q = log_q.detach() + stopped - stopped.detach()
+        return (log_likelihood(z) + prior.log_prob(z) - log_q).mean(0)
+    return elbo_terms(q, prior, log_likelihood, num_samples).elbo
+
+
+def qstar_residual(
+    family: PosteriorFamily,
+    prior: Distribution,
+    log_likelihood: RowsLogLikelihood,
+    fit: QStarFit,
+    settings: QStarSettings,
+    num_samples: int,
+    chunk_size: int,
+    seed: int = 0,
+) -> Estimate:
+    """ELBO(theta') - ELBO(theta*) per datapoint, theta' = theta* continued (see the module
+    docstring), both from the same ``num_samples`` draws of the noise (``chunk_size`` at a
+    time), with the Monte Carlo variance of that paired difference."""
+    more = replace(
+        settings,
+        num_samples=settings.num_samples * settings.residual_sample_factor,
+        max_steps=settings.residual_steps,
+        tol=-math.inf,  # every window improves: no datapoint freezes
+    )
+    continued = fit_qstar(family, prior, log_likelihood, fit.theta, more, rate0=fit.rate).theta
+    rows = torch.arange(fit.theta.shape[0], device=fit.theta.device)
+    total = total_sq = 0.0
+    for start in range(0, num_samples, chunk_size):
+        n = min(chunk_size, num_samples - start)
+        log_w = []
+        for theta in (fit.theta, continued):
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                torch.manual_seed(seed + start)
+                q = family.distribution(theta)
+                log_w.append(log_importance_weights(q, prior, log_likelihood(rows), n)[0])
+        gain = (log_w[1] - log_w[0]).double()
+        total, total_sq = total + gain.sum(0), total_sq + (gain**2).sum(0)
+    mean = total / num_samples
+    variance = (total_sq / num_samples - mean**2).clamp_min(0.0) / max(num_samples - 1, 1)
+    return Estimate(mean, variance)
+
+
+def warn_if_residual_matters(residual: Figure, gap_stderr: float) -> bool:
+    """Log one line when q* stopped further from its optimum than the gaps' stderr says."""
+    if not residual.value > max(3 * residual.stderr, gap_stderr):
+        return False
+    log.warning(
+        "eval/qstar_residual = %.4f nats, above the approximation gap's stderr %.4f: q* "
+        "stopped short of its optimum, so the approximation gap is overestimated and the "
+        "amortization gap underestimated by about that much; raise eval.qstar_max_steps or "
+        "eval.qstar_decays",
+        residual.value, gap_stderr,
+    )  # fmt: skip
+    return True
 
 
 #: std of the perturbation of the head bias that q* from the prior starts at

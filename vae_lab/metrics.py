@@ -8,33 +8,42 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from vae_lab.elbo import IWEstimate
+from vae_lab.estimate import Figure
+from vae_lab.psis import KHAT_BAD
 
 
 class IWLogLikelihood(Metric):
-    """Mean IW log p^(x) over datapoints, its Monte Carlo standard error and the mean ESS.
-
-    The estimates of different datapoints are independent, so
-    stderr = sqrt(sum_i Var[log p^(x_i)]) / N.
+    """Mean IW log p^(x) over datapoints with its standard error (``vae_lab.estimate``), the
+    mean ESS and ESS/K, and the PSIS diagnostic: the mean Pareto k-hat of the weights and the
+    fraction of datapoints with k-hat > 0.7, whose IW estimate is unreliable (``vae_lab.psis``).
     """
 
     full_state_update = False
+    SUMS = ("log_px", "variance", "ess", "ess_fraction", "khat", "khat_bad", "count")
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("log_px", "variance", "ess", "count"):
+        for name in self.SUMS:
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, estimate: IWEstimate) -> None:
-        self.log_px += estimate.log_px.double().sum()
-        self.variance += estimate.variance.double().sum()
+        self.log_px += estimate.log_px.value.double().sum()
+        self.variance += estimate.log_px.variance.double().sum()
         self.ess += estimate.ess.double().sum()
-        self.count += estimate.log_px.numel()
+        self.ess_fraction += estimate.ess.double().sum() / estimate.num_samples
+        self.khat += estimate.khat.double().sum()
+        self.khat_bad += (estimate.khat > KHAT_BAD).double().sum()
+        self.count += estimate.ess.numel()
 
     def compute(self) -> dict[str, Tensor]:
+        figure = Figure.of_sums(self.log_px, self.variance, self.count)
         return {
-            "log_px": self.log_px / self.count,
-            "log_px_stderr": self.variance.sqrt() / self.count,
+            "log_px": torch.tensor(figure.value),
+            "log_px_stderr": torch.tensor(figure.stderr),
             "ess": self.ess / self.count,
+            "ess_fraction": self.ess_fraction / self.count,
+            "psis_khat": self.khat / self.count,
+            "psis_khat_bad": self.khat_bad / self.count,
         }
 
 

@@ -26,6 +26,7 @@ from torchmetrics import MeanMetric
 from vae_lab.elbo import ELBOTerms, IWEstimate, LogLikelihood, elbo_terms, iw_log_px
 from vae_lab.metrics import ActiveUnits, IWLogLikelihood
 from vae_lab.posteriors import PosteriorFamily
+from vae_lab.psis import warn_if_unreliable
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -194,5 +195,7 @@ class VAE(pl.LightningModule):
         values["inference_gap"] = values["log_px"] - values["elbo"]
         values["active_units"] = self.test_active_units.compute()
         self.test_active_units.reset()
+        if self.trainer.is_global_zero:
+            warn_if_unreliable("test", float(values["psis_khat_bad"]), "eval.num_samples")
         for name, value in values.items():
             self.log(f"test/{name}", value)

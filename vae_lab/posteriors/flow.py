@@ -59,12 +59,6 @@ class FlowDistribution(TransformedDistribution):
             log_det = log_det + layer_log_det
         return z, log_det
 
-    def rsample_and_log_prob(self, sample_shape: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
-        """Reparameterised zK [*sample_shape, B, D] and log q(zK|x) [*sample_shape, B]."""
-        z0 = self.base_dist.rsample(sample_shape)
-        z, log_det = self.push_forward(z0)
-        return z, self.base_dist.log_prob(z0) - log_det
-
 
 class FlowLayer(nn.Module):
     """One amortised layer: its slice of theta, [B, num_params], -> a ``FlowTransform``.

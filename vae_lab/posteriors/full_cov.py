@@ -1,7 +1,10 @@
 """Full-covariance Gaussian posterior, q(z|x) = N(mu(x), L(x) L(x)^T).
 
 L is lower triangular with a positive diagonal (softplus), so L L^T is a valid covariance
-and the Cholesky factor is unique. Samples are z = mu + L eps. The KL to a diagonal Gaussian
+and the Cholesky factor is unique. Samples are z = mu + L eps, and the ELBO core takes their
+log-density from eps, log N(eps; 0, I) - sum_i log L_ii (``vae_lab.elbo.reparameterize``):
+``log_prob(z)`` solves L^-1 (z - mu) on a rounded z and is off by cond(L) x rounding, which
+training can push past 1e12. The KL to a diagonal Gaussian
 prior N(m, diag s^2) (such as N(0, I)) is analytic,
 
     KL = 1/2 (sum_i ((L L^T)_ii + (mu_i - m_i)^2) / s_i^2 - D + 2 sum_i log s_i - 2 sum_i log L_ii),

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from vae_lab.data import InMemoryDataModule
 from vae_lab.elbo import iw_log_px
-from vae_lab.gaps import Estimate
+from vae_lab.estimate import Estimate
 from vae_lab.images import save_image_grid
 from vae_lab.module import VAE
 from vae_lab.refit import REFIT_OPTIONS, RefittedPrior, aggregate_posterior_codes, refit_prior
@@ -73,7 +73,7 @@ def refit_log_px(
                 model.q(batch), refitted.density, model.log_likelihood(batch), ev.num_samples,
                 ev.chunk_size,
             )  # fmt: skip
-            parts.append(Estimate(estimate.log_px, estimate.variance))
+            parts.append(estimate.log_px)
     return Estimate.cat(parts)
 
 

@@ -1,0 +1,59 @@
+"""One type for every Monte Carlo estimate: per-datapoint values with their variances, and the
+dataset figure they make.
+
+The estimates of different datapoints are independent, so a dataset mean over N datapoints
+has standard error
+
+    stderr = sqrt(sum_i Var_i) / N,
+
+and the standard error of a difference of two independent figures adds in quadrature. What
+Var_i covers is the estimator's own business (Monte Carlo noise of an IW, ELBO or AIS
+estimate, by the delta method where it is a log of a mean); a bias (of the IW log p(x), which
+is a lower bound, or of an optimiser stopped early) is not in it, and each producer says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Figure:
+    """A dataset mean and its standard error."""
+
+    value: float
+    stderr: float
+
+    @classmethod
+    def of_sums(cls, value_sum: Tensor, variance_sum: Tensor, count: Tensor | int) -> Figure:
+        """The mean of ``count`` independent estimates from the sums of their values and of
+        their variances: the one place the standard-error formula is written."""
+        return cls(float(value_sum / count), float(variance_sum.clamp_min(0.0).sqrt() / count))
+
+    def __sub__(self, other: Figure) -> Figure:
+        return Figure(self.value - other.value, math.hypot(self.stderr, other.stderr))
+
+
+@dataclass
+class Estimate:
+    """Per-datapoint estimates and their Monte Carlo variances, each [N]."""
+
+    value: Tensor
+    variance: Tensor
+
+    @classmethod
+    def cat(cls, parts: list[Estimate]) -> Estimate:
+        return cls(torch.cat([p.value for p in parts]), torch.cat([p.variance for p in parts]))
+
+    def __sub__(self, other: Estimate) -> Estimate:
+        """The difference of two independent estimates of the same datapoints."""
+        return Estimate(self.value - other.value, self.variance + other.variance)
+
+    def figure(self) -> Figure:
+        return Figure.of_sums(
+            self.value.double().sum(), self.variance.double().sum(), self.value.numel()
+        )
