@@ -12,8 +12,9 @@ import math
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
-from tests.conftest import compose_config, options, report_cli
+from tests.conftest import CONF_DIR, compose_config, options, report_cli
 from tests.test_linear_gaussian import known_ppca_vae, linear_config
 from tests.test_sweeps import run_sweep, table_rows
 from vae_lab.build import build_datamodule, build_model
@@ -207,6 +208,21 @@ def test_sweep_over_objectives_gives_one_report_row_each(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert report_cli(str(sweep_dir)).returncode == 0
     rows = table_rows((sweep_dir / "report.md").read_text())
-    assert len(rows) == 2
-    assert {row[0] for row in rows} == {"elbo", "iwae"}, rows
+    assert [row[:3] for row in rows] == [
+        ["gaussian", "standard", "elbo"],
+        ["gaussian", "standard", "iwae"],
+    ]
 
+
+def test_objectives_preset_sweeps_existing_options_on_mnist_short():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["experiment=objectives"], return_hydra_config=True)
+    grid = cfg.hydra.sweeper.params
+    for group in ("objective", "posterior"):
+        for option in grid[group].split(","):
+            assert (CONF_DIR / group / f"{option}.yaml").exists(), (group, option)
+    assert (cfg.latent_dim, cfg.trainer.max_epochs, cfg.data._target_) == (
+        50,
+        20,
+        "vae_lab.data.IDXImages",
+    )

@@ -116,4 +116,3 @@ def fixed_log_q(posterior: PosteriorFamily, theta: Tensor, z: Tensor) -> Tensor:
     """log q(z|x) [S, B] at z [S, B, D] with every parameter of q (theta and the family's
     shared weights) held fixed: its gradient is the path derivative through z only."""
     return call_frozen(posterior, "log_prob", theta.detach(), z)
-
