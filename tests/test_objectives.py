@@ -133,6 +133,30 @@ def test_stl_and_dreg_are_refused_up_front_where_log_q_needs_a_numerical_inverse
         assert "gaussian" in message and "realnvp" in message and posterior not in message
 
 
+@pytest.mark.parametrize("objective", options("objective"))
+def test_every_objective_trains_every_family_under_every_prior(objective):
+    """One training step of each family x prior: a finite loss whose gradient reaches the
+    encoder and the decoder, and the objective's test metrics, finite, under inference mode."""
+    x = (torch.rand(8, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    for posterior in options("posterior"):
+        for prior in options("prior"):
+            data_free = ["prior.init=random"] if prior == "vamp" else []  # no training set here
+            cfg = compose_config(
+                [f"objective={objective}", f"posterior={posterior}", f"prior={prior}", *data_free]
+            )
+            model = build_model(cfg, 64)
+            loss = model.objective.loss(model, x, step=0).loss
+            loss.backward()
+            assert torch.isfinite(loss), (posterior, prior)
+            for net in (model.encoder, model.decoder):
+                assert any(p.grad is not None and p.grad.abs().sum() > 0
+                           for p in net.parameters()), (posterior, prior)  # fmt: skip
+            with torch.inference_mode():
+                extra = model.objective.test_metrics(model, x, num_samples=4)
+            assert set(extra) == set(model.objective.test_metric_names)
+            assert all(torch.isfinite(v).all() for v in extra.values()), (posterior, prior)
+
+
 def test_unknown_gradient_is_a_one_line_error():
     with pytest.raises(ConfigError, match="objective.gradient=dreg is invalid: must be one of"):
         build_model(compose_config(["objective.gradient=dreg"]), 64)
