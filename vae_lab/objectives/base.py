@@ -24,21 +24,22 @@ refused before training (``Objective.check``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from vae_lab.elbo import ELBOTerms
+from vae_lab.paths import CONF_DIR
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.validation import ConfigError, one_of, require
 
 if TYPE_CHECKING:
     from vae_lab.module import VAE
 
-POSTERIOR_CONF = Path(__file__).resolve().parents[2] / "conf" / "posterior"
+POSTERIOR_CONF = CONF_DIR / "posterior"
 
 
 @dataclass
@@ -88,8 +89,7 @@ def exact_families() -> list[str]:
         target = node.get("_target_")
         if target is None:  # an alias such as flow.yaml: its first default names the option
             target = OmegaConf.load(POSTERIOR_CONF / f"{node.defaults[0]}.yaml")._target_
-        module, _, name = target.rpartition(".")
-        if getattr(__import__(module, fromlist=[name]), name).exact_log_prob:
+        if get_class(target).exact_log_prob:
             names.append(path.stem)
     return names
 
