@@ -66,17 +66,23 @@ def build_optimizer(cfg: DictConfig) -> Any:
 
 
 def build_model(cfg: DictConfig, data_dim: int) -> VAE:
+    """The VAE; an objective the posterior family cannot train is refused here, before
+    training (a run made before the ``objective`` group trains with the ELBO)."""
     nets = component(cfg.model, "model", data_dim=data_dim, latent_dim=cfg.latent_dim)
+    posterior = component(
+        cfg.posterior, "posterior", feature_dim=nets.feature_dim, latent_dim=cfg.latent_dim
+    )
+    objective = component(cfg.objective, "objective") if cfg.get("objective") else None
+    if objective is not None:
+        objective.check(posterior)
     return VAE(
         encoder=nets.encoder,
         decoder=nets.decoder,
-        posterior=component(
-            cfg.posterior, "posterior", feature_dim=nets.feature_dim, latent_dim=cfg.latent_dim
-        ),
+        posterior=posterior,
         prior=component(cfg.prior, "prior", latent_dim=cfg.latent_dim, data_dim=data_dim),
         likelihood=component(cfg.likelihood, "likelihood", data_dim=data_dim),
         optimizer=build_optimizer(cfg),
-        kl_warmup_steps=cfg.kl_warmup_steps,
+        objective=objective,
         lr_scheduler=component(cfg.lr_schedule, "lr_schedule") if cfg.get("lr_schedule") else None,
         eval_num_samples=cfg.eval.num_samples,
         eval_chunk_size=cfg.eval.chunk_size,

@@ -110,7 +110,8 @@ SPLITS = ("train", "val", "test")
 EVAL_OVERRIDABLE = ("eval.", "sample_quality.", "refit.", "data.root", "data.download",
                     "data.mirror", "data.eval_batch_size", "num_threads")  # fmt: skip
 #: the config groups of conf/config.yaml's defaults list, composed with the run's options
-DEFAULTS_GROUPS = ("data", "model", "posterior", "prior", "likelihood", "trainer", "logger")
+DEFAULTS_GROUPS = ("data", "model", "posterior", "prior", "likelihood", "objective", "trainer",
+                   "logger")  # fmt: skip
 
 
 def _families(v: Any) -> bool:

@@ -6,15 +6,16 @@ from __future__ import annotations
 import math
 import os
 import signal
+from dataclasses import replace
 
 import pytorch_lightning as pl
 
 
 class InjectNaN(pl.Callback):
-    """From training step ``at_step`` on, the KL weight of the loss is NaN.
+    """From training step ``at_step`` on, the objective's training loss is NaN.
 
-    The training loss, recon - weight * KL, is then NaN and the module raises
-    ``FloatingPointError`` ("training loss is nan at step N"), as a diverging run would.
+    The module then raises ``FloatingPointError`` ("training loss is nan at step N"), as a
+    diverging run would, whatever the objective.
     """
 
     def __init__(self, at_step: int = 0) -> None:
@@ -23,8 +24,11 @@ class InjectNaN(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
     ) -> None:
-        if trainer.global_step >= self.at_step:
-            pl_module.kl_weight = lambda: math.nan
+        if trainer.global_step >= self.at_step and "loss" not in vars(pl_module.objective):
+            loss = pl_module.objective.loss
+            pl_module.objective.loss = lambda *args: replace(
+                result := loss(*args), loss=result.loss * math.nan
+            )
 
 
 class SendSignal(pl.Callback):

@@ -1,7 +1,8 @@
 """The VAE LightningModule: pairs any posterior family with any prior and likelihood.
 
-Training maximises the ELBO, recon - beta * KL, with beta warmed up linearly from 0 to 1 over
-``kl_warmup_steps`` (Bowman et al. 2016; 0 = no warm-up). Validation reports the ELBO and an
+Training minimises the loss of the run's objective (``vae_lab.objectives``: the ELBO with its
+KL warm-up, the IWAE bound, semi-amortized inference), which the module calls without asking
+which it is. Validation reports the ELBO and an
 IW estimate of log p(x) with a small K; the test stage reports the metrics of the contract,
 with the IW estimate at K = ``eval_num_samples`` (Burda et al. 2016 use K = 5000).
 
@@ -25,6 +26,7 @@ from torchmetrics import MeanMetric
 
 from vae_lab.elbo import ELBOTerms, IWEstimate, LogLikelihood, elbo_terms, iw_log_px
 from vae_lab.metrics import ActiveUnits, IWLogLikelihood
+from vae_lab.objectives import ELBO, Objective
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.psis import warn_if_unreliable
 
@@ -41,7 +43,7 @@ class VAE(pl.LightningModule):
         prior: nn.Module,
         likelihood: nn.Module,
         optimizer: OptimizerFactory,
-        kl_warmup_steps: int = 0,
+        objective: Objective | None = None,
         lr_scheduler: SchedulerFactory | None = None,
         eval_num_samples: int = 5000,
         eval_chunk_size: int = 500,
@@ -56,7 +58,7 @@ class VAE(pl.LightningModule):
         self.likelihood = likelihood
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.kl_warmup_steps = kl_warmup_steps
+        self.objective = objective or ELBO()
         self.eval_num_samples = eval_num_samples
         self.eval_chunk_size = eval_chunk_size
         self.val_num_samples = val_num_samples
@@ -67,6 +69,7 @@ class VAE(pl.LightningModule):
                 for stage in ("val", "test")
                 for name in ("elbo", "recon", "kl")
             }
+            | {f"test_{name}": MeanMetric() for name in self.objective.test_metric_names}
         )
         self.val_iw = IWLogLikelihood()
         self.test_iw = IWLogLikelihood()
@@ -96,14 +99,9 @@ class VAE(pl.LightningModule):
         return iw_log_px(self.q(x), self.p_z(), self.log_likelihood(x), num_samples, chunk)
 
     # -- training ----------------------------------------------------------------------------
-    def kl_weight(self) -> float:
-        if self.kl_warmup_steps <= 0:
-            return 1.0
-        return min(1.0, self.global_step / self.kl_warmup_steps)
-
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        terms = self.elbo(x)
-        loss = -(terms.recon - self.kl_weight() * terms.kl).mean()
+        result = self.objective.loss(self, x, self.global_step)
+        loss, terms = result.loss, result.terms
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step}: "
@@ -158,6 +156,9 @@ class VAE(pl.LightningModule):
             self.metrics[f"{stage}_{name}"].update(value)
         estimate = self.iw_estimate(x, num_samples)
         getattr(self, f"{stage}_iw").update(estimate)
+        if stage == "test":
+            for name, value in self.objective.test_metrics(self, x, num_samples).items():
+                self.metrics[f"test_{name}"].update(value)
         return estimate
 
     def _log_epoch(self, stage: str, names: tuple[str, ...]) -> dict[str, Tensor]:
@@ -191,7 +192,7 @@ class VAE(pl.LightningModule):
         self.test_active_units.update(estimate.z_mean)
 
     def on_test_epoch_end(self) -> None:
-        values = self._log_epoch("test", ("elbo", "recon", "kl"))
+        values = self._log_epoch("test", ("elbo", "recon", "kl", *self.objective.test_metric_names))
         values["inference_gap"] = values["log_px"] - values["elbo"]
         values["active_units"] = self.test_active_units.compute()
         self.test_active_units.reset()

@@ -22,6 +22,9 @@ class PosteriorFamily(nn.Module):
     """Maps encoder features [B, F] to raw parameters [B, num_params], then to q(z|x)."""
 
     num_params: int
+    #: whether ``log_prob(params, z)`` is exact at any z (False where the layers have no
+    #: closed-form inverse): the STL and DReG gradients need it
+    exact_log_prob: bool = True
 
     def __init__(self, feature_dim: int, latent_dim: int, num_params: int) -> None:
         super().__init__()
@@ -39,3 +42,7 @@ class PosteriorFamily(nn.Module):
     def base_distribution(self, params: Tensor) -> Distribution:
         """The Gaussian part of q (the flow's base q0(z|x)); q itself for Gaussian families."""
         return self.distribution(params)
+
+    def log_prob(self, params: Tensor, z: Tensor) -> Tensor:
+        """log q(z|x) of z [..., B, D] under ``distribution(params)``, shape [..., B]."""
+        return self.distribution(params).log_prob(z)

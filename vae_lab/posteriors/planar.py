@@ -80,6 +80,8 @@ class PlanarLayer(FlowLayer):
 class Planar(FlowPosterior):
     """q0(z|x) pushed through ``num_flows`` amortised planar layers."""
 
+    exact_log_prob = False  # log_prob inverts the layers numerically
+
     def __init__(self, feature_dim: int, latent_dim: int, num_flows: int) -> None:
         require("num_flows", num_flows, POSITIVE_INT)
         super().__init__(

@@ -110,6 +110,8 @@ class SylvesterLayer(FlowLayer):
 class Sylvester(FlowPosterior):
     """q0(z|x) pushed through ``num_flows`` amortised Householder Sylvester layers."""
 
+    exact_log_prob = False  # log_prob inverts the layers numerically
+
     def __init__(
         self, feature_dim: int, latent_dim: int, num_flows: int, num_householder: int
     ) -> None:

@@ -24,9 +24,11 @@ def _run_name(run: Run, out_dir: Path) -> str:
 
 
 def _options(run: Run) -> str:
-    return (
-        f"{run.choice('posterior')}, {run.choice('prior')}, {run.choice('data')}, seed {run.seed}"
-    )
+    """Posterior, prior, the objective where it is not the default ELBO, data and seed."""
+    objective = run.choice("objective")
+    shown = [run.choice("posterior"), run.choice("prior")]
+    shown += [objective] if objective not in ("elbo", "-") else []
+    return ", ".join([*shown, run.choice("data"), f"seed {run.seed}"])
 
 
 def _listing(title: str, runs: Sequence[Run], out_dir: Path, with_error: bool) -> list[str]:
