@@ -98,4 +98,4 @@ class SemiAmortized(Objective):
             elbo = elbo_terms(q, model.p_z(), model.log_likelihood(x)).elbo
             estimate = iw_log_px(q, model.p_z(), model.log_likelihood(x), num_samples,
                                  model.eval_chunk_size)  # fmt: skip
-        return {"elbo_refined": elbo, "log_px_refined": estimate.log_px}
+        return {"elbo_refined": elbo, "log_px_refined": estimate.log_px.value}
