@@ -226,9 +226,8 @@ def iw_log_px(
         m = new_m
         done += n
     log_px, ess = _log_mean_weight(m, s1, s2, num_samples)
-    mean = total / num_samples
-    sample_var = (total_sq / num_samples - mean**2).clamp_min(0.0) * num_samples
-    elbo = Estimate(shift + mean, sample_var / max(num_samples - 1, 1) / num_samples)
+    centred = Estimate.of_moments(total, total_sq, num_samples)
+    elbo = Estimate(shift + centred.value, centred.variance)
     khat = pareto_khat(top) if keep > 1 else torch.full_like(m, math.nan)
     return IWEstimate(log_px, elbo, ess, khat, z_sum / num_samples, num_samples)
 

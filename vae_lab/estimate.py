@@ -46,6 +46,14 @@ class Estimate:
     variance: Tensor
 
     @classmethod
+    def of_moments(cls, total: Tensor, total_sq: Tensor, count: int) -> Estimate:
+        """The sample mean of ``count`` i.i.d. draws per datapoint, from the sums of the draws
+        and of their squares, with its variance: the unbiased sample variance over ``count``."""
+        mean = total / count
+        sample_var = (total_sq / count - mean**2).clamp_min(0.0) * count / max(count - 1, 1)
+        return cls(mean, sample_var / count)
+
+    @classmethod
     def cat(cls, parts: list[Estimate]) -> Estimate:
         return cls(torch.cat([p.value for p in parts]), torch.cat([p.variance for p in parts]))
 

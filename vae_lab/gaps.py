@@ -222,9 +222,7 @@ def qstar_residual(
                 log_w.append(log_importance_weights(q, prior, log_likelihood(rows), n)[0])
         gain = (log_w[1] - log_w[0]).double()
         total, total_sq = total + gain.sum(0), total_sq + (gain**2).sum(0)
-    mean = total / num_samples
-    variance = (total_sq / num_samples - mean**2).clamp_min(0.0) / max(num_samples - 1, 1)
-    return Estimate(mean, variance)
+    return Estimate.of_moments(total, total_sq, num_samples)
 
 
 def warn_if_residual_matters(residual: Figure, gap_stderr: float) -> bool:
