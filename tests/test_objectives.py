@@ -226,6 +226,7 @@ def elbo_of(model, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return elbo_terms(q, model.p_z(), model.log_likelihood(x), 100).elbo
 
 
+@pytest.mark.slow
 def test_sweep_over_objectives_gives_one_report_row_each(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_sweep(sweep_dir, "objective=elbo,iwae")

@@ -72,6 +72,7 @@ LAUNCHERS = {  # launcher -> its overrides and the jobs' OMP_NUM_THREADS
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_grid_sweep_completes_and_reports(launcher, tmp_path):
     sweep_dir = tmp_path / "sweep"
