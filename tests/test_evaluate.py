@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose_config
@@ -85,6 +86,12 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
         ("posterior=planar", "posterior=planar: evaluate keeps the run's trained model"),
         ("eval.qstar_family=nope", "eval.qstar_family=nope is invalid: must be one of ["),
         ("eval.qstar_family=[]", "eval.qstar_family=[] is invalid: must be a posterior option"),
+        ("eval.device=tpu", "eval.device=tpu is invalid: must be auto, cpu, cuda or cuda:N"),
+        pytest.param(
+            "eval.device=cuda",
+            "eval.device=cuda, but torch sees no GPU here: use eval.device=cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+        ),
     ],
 )
 def test_bad_option_is_one_line(digits_run, argument, expected, capsys):

@@ -42,6 +42,10 @@ def test_shrunk_run_writes_completed_metrics(tmp_path):
         metrics["test/log_px"] - metrics["test/elbo"]
     )
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    # timings: the steps alone are part of fit, which is part of the run
+    assert metrics["fit_steps"] == 3  # SHRINK: one epoch of 3 batches
+    assert 0 < metrics["steps_time_s"] < metrics["fit_time_s"]
+    assert metrics["fit_time_s"] + metrics["test_time_s"] < metrics["wall_time_s"]
 
 
 def test_failed_run_is_recorded_with_its_error(tmp_path):

@@ -8,6 +8,7 @@ naming the group, so a new component's bad value needs no list of keys to edit.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,30 @@ class RunStamp(pl.Callback):
         checkpoint["vae_lab"] = self.stamp
 
 
+class StepTimer(pl.Callback):
+    """The wall time of the training steps alone (``seconds``): from each epoch's first batch
+    to the end of its last, summed over epochs; set-up, validation and checkpoints are left
+    out. On a GPU the clock is read without waiting for the device, so an epoch's last few
+    queued kernels may fall outside it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._first: float | None = None
+        self._last = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self._first is None:
+            self._first = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._first is not None:
+            self.seconds += self._last - self._first
+            self._first = None
+
+
 def build_trainer(
     cfg: DictConfig,
     run_dir: Path,
@@ -143,6 +168,6 @@ def build_trainer(
         cfg.trainer,
         "trainer",
         logger=logger or False,
-        callbacks=[checkpoint, *extra, *([RunStamp(stamp)] if stamp else [])],
+        callbacks=[checkpoint, *extra, StepTimer(), *([RunStamp(stamp)] if stamp else [])],
         default_root_dir=str(run_dir),
     )

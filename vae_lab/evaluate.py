@@ -144,6 +144,10 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.qstar_residual_steps": POSITIVE_INT,
     "eval.bdmc": one_of(True, False),
     "eval.bdmc_points": POSITIVE_INT,
+    "eval.device": (
+        lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")),
+        "auto, cpu, cuda or cuda:N",
+    ),
 }
 
 
@@ -270,6 +274,15 @@ def check_writable(run_dir: Path) -> None:
             f"cannot write into {run_dir} ({err.strerror or err}): evaluate writes eval.json "
             "and metrics.json there; make it writable or evaluate a copy"
         ) from err
+
+
+def eval_device(name: str) -> torch.device:
+    """``eval.device``: auto is the GPU where torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"eval.device={name}, but torch sees no GPU here: use eval.device=cpu")
+    return torch.device(name)
 
 
 def select_points(datamodule: InMemoryDataModule, split: str, num: int | None, seed: int) -> Tensor:
@@ -471,8 +484,14 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
     model = load_model(cfg, run, datamodule.data_dim)
     families = qstar_families(cfg, model)
     check_settings(cfg, datamodule)  # bad sample-quality settings fail before the slow stages
-    torch.manual_seed(cfg.eval.seed)
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
+    device = eval_device(cfg.eval.device)
+    model.to(device)
+    for family, _ in families:
+        family.to(device)
+    x = x.to(device)
+    datamodule.splits = tuple(split.to(device) for split in datamodule.splits)
+    torch.manual_seed(cfg.eval.seed)
     settings = OmegaConf.to_container(cfg.eval, resolve=True)
     head = {
         "run_dir": str(run.run_dir),

@@ -28,6 +28,7 @@ NOT_IDENTITY = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "callbacks.image_grids",
+    "eval.device",
 )
 #: groups whose option is not part of the identity (hydra/* groups are left out too)
 NOT_IDENTITY_GROUPS = ("logger",)

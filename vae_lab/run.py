@@ -32,7 +32,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from vae_lab.build import build_datamodule, build_logger, build_model, build_trainer
+from vae_lab.build import (
+    StepTimer,
+    build_datamodule,
+    build_logger,
+    build_model,
+    build_trainer,
+)
 from vae_lab.console import quiet_third_parties
 from vae_lab.csv_logger import CSVLogger
 from vae_lab.data import DataFileError
@@ -81,7 +87,7 @@ def train_and_test(
     resume_from: Path | None = None,
 ) -> dict[str, float]:
     """Fit on the training set (from ``resume_from``, a checkpoint, if given), test the
-    best-validation checkpoint; the final metrics."""
+    best-validation checkpoint; the final metrics, with the seconds that fit and test took."""
     validate(cfg)
     use_threads(cfg.get("num_threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -89,14 +95,23 @@ def train_and_test(
     model = build_model(cfg, datamodule.data_dim)
     logger = build_logger(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, logger, stamp)
-    if resume_from is not None and isinstance(logger, CSVLogger):
-        step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
-        logger.keep_until(step)  # the steps after the checkpoint are trained again
+    first_step = 0
+    if resume_from is not None:
+        first_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
+        if isinstance(logger, CSVLogger):
+            logger.keep_until(first_step)  # the steps after the checkpoint are trained again
+    start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    # this session's training (a resumed run's earlier sessions are not in it)
+    metrics["fit_time_s"] = time.perf_counter() - start
+    metrics["fit_steps"] = trainer.global_step - first_step
+    metrics["steps_time_s"] = next(c for c in trainer.callbacks if isinstance(c, StepTimer)).seconds
     best = trainer.checkpoint_callback.best_model_path or None
+    start = time.perf_counter()
     trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+    metrics["test_time_s"] = time.perf_counter() - start
     return metrics
 
 

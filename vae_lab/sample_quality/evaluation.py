@@ -88,8 +88,8 @@ def sample_quality_stage(
     if found is None:
         return {}, {}
     classifier, record = found
-    metrics_of = quality.metrics(classifier)
     train, val, _ = datamodule.splits
+    metrics_of = quality.metrics(classifier).to(train.device)
     inputs, references, described = quality.test_images(datamodule)
     batch = cfg.data.eval_batch_size
     start = time.perf_counter()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every GPU check of vae_lab in one run of under 10 minutes, on a machine with one CUDA GPU:
+#   1. the default test suite with CUDA visible (the tests marked `gpu` among them), 8 workers
+#   2. `make bench` on CUDA (training steps/s against the bare loop, IW samples/s at K = 5000
+#      and the decoder against the GPU's matmul peak, q* and AIS throughput, peak memory)
+#   3. several jobs sharing the GPU (benchmarks/sharing.py): jobs/hour for n_jobs = 1, 4, 8, 16
+#      and the inference_gap preset's wall time predicted from the best
+#
+#   bash benchmarks/device_check.sh OUT_DIR        (OUT_DIR: where the logs and JSON go)
+#
+# Data: $VAE_LAB_DATA (MNIST at least; the tests' $VAE_LAB_TEST_DATA defaults to it). Python
+# packages the machine lacks may lie as wheels in .whl/ (hydra-core, omegaconf, wandb, the
+# launchers, arviz-stats): they are installed into /tmp/site first.
+set -u
+OUT=${1:?usage: bash benchmarks/device_check.sh OUT_DIR}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+export VAE_LAB_TEST_DATA=${VAE_LAB_TEST_DATA:-${VAE_LAB_DATA:-}}
+phase() { echo "== $(date +%T) $1" | tee -a "$OUT/phases.log"; }
+
+phase "machine"
+{ nvidia-smi; python3 -c "import torch, pytorch_lightning as pl, hydra, wandb
+print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())
+print('lightning', pl.__version__, 'hydra', hydra.__version__, 'wandb', wandb.__version__)"
+} >"$OUT/machine.txt" 2>&1
+tail -2 "$OUT/machine.txt"
+
+phase "tests (timeout 240 s)"
+# fashion_mnist is not carried to the device: its one count test runs on the CPU machines
+timeout 240 python3 -m pytest -q -n 8 --durations=15 \
+  --deselect "tests/test_data.py::test_idx_datasets_have_the_real_counts[fashion_mnist]" \
+  --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
+echo "pytest exit $?" | tee -a "$OUT/phases.log"; tail -3 "$OUT/tests.log"
+
+phase "bench (timeout 180 s)"
+timeout 180 python3 -m benchmarks.run --out "$OUT/bench.json" >"$OUT/bench.log" 2>&1
+echo "bench exit $?" | tee -a "$OUT/phases.log"; tail -40 "$OUT/bench.log"
+
+phase "sharing (timeout 200 s)"
+timeout 200 python3 -m benchmarks.sharing --n-jobs 1 4 8 16 --epochs 2 \
+  --override trainer=gpu --out "$OUT/sharing.json" >"$OUT/sharing.log" 2>&1
+echo "sharing exit $?" | tee -a "$OUT/phases.log"; tail -6 "$OUT/sharing.log"
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$OUT/machine.txt" 2>&1
+phase "done"
