@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU check of vae_lab in one run of under 10 minutes, on a machine with one CUDA GPU:
-#   1. the default test suite with CUDA visible (the tests marked `gpu` among them), 8 workers
-#   2. `make bench` on CUDA (training steps/s against the bare loop, IW samples/s at K = 5000
+#   1. `make bench` on CUDA (training steps/s against the bare loop, IW samples/s at K = 5000
 #      and the decoder against the GPU's matmul peak, q* and AIS throughput, peak memory)
-#   3. several jobs sharing the GPU (benchmarks/sharing.py): jobs/hour for n_jobs = 1, 4, 8, 16
+#   2. several jobs sharing the GPU (benchmarks/sharing.py): jobs/hour for n_jobs = 1, 4, 8, 16
 #      and the inference_gap preset's wall time predicted from the best
+#   3. the default test suite with CUDA visible (the tests marked `gpu` among them), 8 workers
+# The timings come first, alone on the machine; the tests last.
 #
 #   bash benchmarks/device_check.sh OUT_DIR        (OUT_DIR: where the logs and JSON go)
+#
+# Each part has a time limit (seconds): BENCH_S=150, SHARING_S=180, TESTS_S=210 by default.
 #
 # Data: $VAE_LAB_DATA (MNIST at least; the tests' $VAE_LAB_TEST_DATA defaults to it). Python
 # packages the machine lacks may lie as wheels in .whl/ (hydra-core, omegaconf, wandb, the
@@ -30,20 +33,21 @@ print('lightning', pl.__version__, 'hydra', hydra.__version__, 'wandb', wandb.__
 } >"$OUT/machine.txt" 2>&1
 tail -2 "$OUT/machine.txt"
 
-phase "tests (timeout 240 s)"
+phase "bench (timeout ${BENCH_S:=150} s)"
+timeout "$BENCH_S" python3 -m benchmarks.run --out "$OUT/bench.json" >"$OUT/bench.log" 2>&1
+echo "bench exit $?" | tee -a "$OUT/phases.log"; tail -40 "$OUT/bench.log"
+
+phase "sharing (timeout ${SHARING_S:=180} s)"
+timeout "$SHARING_S" python3 -m benchmarks.sharing --n-jobs 1 4 8 16 --epochs 2 \
+  --override trainer=gpu --out "$OUT/sharing.json" >"$OUT/sharing.log" 2>&1
+echo "sharing exit $?" | tee -a "$OUT/phases.log"; tail -6 "$OUT/sharing.log"
+
+phase "tests (timeout ${TESTS_S:=210} s)"
 # fashion_mnist is not carried to the device: its one count test runs on the CPU machines
-timeout 240 python3 -m pytest -q -n 8 --durations=15 \
+OMP_NUM_THREADS=2 timeout "$TESTS_S" python3 -m pytest -v -n 8 --durations=15 \
   --deselect "tests/test_data.py::test_idx_datasets_have_the_real_counts[fashion_mnist]" \
   --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
 echo "pytest exit $?" | tee -a "$OUT/phases.log"; tail -3 "$OUT/tests.log"
 
-phase "bench (timeout 180 s)"
-timeout 180 python3 -m benchmarks.run --out "$OUT/bench.json" >"$OUT/bench.log" 2>&1
-echo "bench exit $?" | tee -a "$OUT/phases.log"; tail -40 "$OUT/bench.log"
-
-phase "sharing (timeout 200 s)"
-timeout 200 python3 -m benchmarks.sharing --n-jobs 1 4 8 16 --epochs 2 \
-  --override trainer=gpu --out "$OUT/sharing.json" >"$OUT/sharing.log" 2>&1
-echo "sharing exit $?" | tee -a "$OUT/phases.log"; tail -6 "$OUT/sharing.log"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$OUT/machine.txt" 2>&1
 phase "done"
