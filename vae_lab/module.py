@@ -96,10 +96,14 @@ class VAE(pl.LightningModule):
     def log_likelihood(self, x: Tensor) -> LogLikelihood:
         """z [S, B, D] -> log p(x|z) [S, B]; compiled where no gradient is taken, after
         ``compile_log_likelihood`` (``vae_lab.fast_eval``)."""
-        compiled = self.compiled_log_likelihood
-        if compiled is not None and not torch.is_grad_enabled():
-            return lambda z: compiled(z, x)
-        return lambda z: self._log_likelihood(z, x)
+
+        def log_px_z(z: Tensor) -> Tensor:
+            compiled = self.compiled_log_likelihood
+            if compiled is not None and not torch.is_grad_enabled():
+                return compiled(z, x)
+            return self._log_likelihood(z, x)
+
+        return log_px_z
 
     def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         return self.likelihood(self.decoder(z)).log_prob(x)
