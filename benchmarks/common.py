@@ -34,7 +34,6 @@ MNIST_MODEL = {
     "likelihood": "bernoulli",
     "data.batch_size": "100",
     "data.eval_batch_size": "100",
-    "logger": "none",
 }
 
 

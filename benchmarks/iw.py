@@ -17,9 +17,10 @@ The decoder costs 2 sum_l in_l out_l FLOPs per sample (its Linear layers); the p
 our time for the same samples, is the share of the estimate spent in the decoder's matmuls, the
 part no implementation can avoid (goal >= 0.5).
 
-With ``compile``, ours is also run with the log-likelihood (decoder and Bernoulli log-density)
-wrapped in ``torch.compile``, which fuses the elementwise work; its first call (the compilation)
-is reported apart.
+With ``compile``, ours is also run as with ``eval.compile=true``: the log-likelihood (decoder
+and Bernoulli log-density) through ``torch.compile``, which fuses the elementwise work; the time
+spent compiling (its first calls) is reported apart, ``compile_s``. Goal: >= 3.5x the library
+loop.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent
 
 from benchmarks.common import Bench, Goal, Result, interleaved, timed
-from vae_lab.elbo import iw_log_px
 from vae_lab.module import VAE
 
 
@@ -54,19 +54,6 @@ TINY = Size(num_samples=20, points=6, loop_points=2, matmul_passes=1, repeats=1,
 def batched(model: VAE, x: Tensor, k: int, chunk: int, batch: int) -> None:
     for start in range(0, x.shape[0], batch):
         model.iw_estimate(x[start : start + batch], k, chunk)
-
-
-def compiled_batched(model: VAE, k: int, chunk: int, batch: int) -> Callable[[Tensor], None]:
-    log_likelihood = torch.compile(
-        lambda z, x: model.likelihood(model.decoder(z)).log_prob(x), dynamic=False
-    )
-
-    def estimate(x: Tensor) -> None:
-        for start in range(0, x.shape[0], batch):
-            xb = x[start : start + batch]
-            iw_log_px(model.q(xb), model.p_z(), lambda z, xb=xb: log_likelihood(z, xb), k, chunk)
-
-    return estimate
 
 
 def library_loop(model: VAE, x: Tensor, k: int) -> None:
@@ -107,8 +94,8 @@ def matmuls(layers: list[nn.Linear], rows: int, passes: int) -> Callable[[], Non
 
 def run(bench: Bench, size: Size) -> Result:
     model = bench.model().eval()
-    k, chunk, batch = size.num_samples, bench.cfg.eval.chunk_size, bench.cfg.data.eval_batch_size
-    chunk = min(chunk, k)
+    k, batch = size.num_samples, bench.cfg.data.eval_batch_size
+    chunk = min(model.chunk_size_for(batch), k)
     x = bench.test_points(size.points)
     loop_x = x[: size.loop_points]
     layers = decoder_layers(model)
@@ -124,10 +111,14 @@ def run(bench: Bench, size: Size) -> Result:
     figures: dict[str, float | int | str | None] = {}
     with torch.inference_mode():
         if size.compile:
-            compiled = compiled_batched(model, k, chunk, batch)
-            figures["compile_first_call_s"] = timed(lambda: compiled(x[:batch]))
-            fns["ours_compiled"] = lambda: compiled(x)
+            compiled_model = bench.model().eval()
+            compiled = compiled_model.compile_log_likelihood()
+            timed(lambda: batched(compiled_model, x, k, chunk, batch))  # compiles every shape
+            figures["compile_s"] = compiled.seconds
+            fns["ours_compiled"] = lambda: batched(compiled_model, x, k, chunk, batch)
         seconds = interleaved(fns, size.repeats)
+
+    goals = [Goal("speedup_vs_library_loop", ">=", 5.0), Goal("fraction_of_matmul_peak", ">=", 0.5)]
 
     def rate(name: str, points: int) -> float:
         return points * k / seconds[name]
@@ -156,8 +147,12 @@ def run(bench: Bench, size: Size) -> Result:
         compiled_rate = rate("ours_compiled", x.shape[0])
         figures["samples_per_s_ours_compiled"] = compiled_rate
         figures["speedup_of_compile"] = compiled_rate / ours
+        figures["speedup_compiled_vs_library_loop"] = compiled_rate / rate(
+            "library_loop", loop_x.shape[0]
+        )
+        goals.append(Goal("speedup_compiled_vs_library_loop", ">=", 3.5))
     return Result(
         figures,
-        [Goal("speedup_vs_library_loop", ">=", 5.0), Goal("fraction_of_matmul_peak", ">=", 0.5)],
+        goals,
         note=f"K={k}, chunk {chunk} x batch {batch}; medians of {size.repeats} interleaved runs",
     )

@@ -63,7 +63,7 @@ def measure(bench: Bench, size: Size) -> dict[str, int]:
     """Peak bytes of the estimate at each K, after a warm-up call."""
     model = bench.model().eval()
     x = bench.test_points(size.points)
-    chunk = bench.cfg.eval.chunk_size
+    chunk = model.chunk_size_for(x.shape[0])
     with torch.inference_mode():
         model.iw_estimate(x, chunk)
         return {
@@ -85,7 +85,8 @@ def run(bench: Bench, size: Size) -> Result:
     )  # fmt: skip
     peaks = json.loads(child.stdout.strip().splitlines()[-1])
     small, large = peaks[str(size.small_k)], peaks[str(size.large_k)]
-    chunk, batch = bench.cfg.eval.chunk_size, min(size.points, bench.cfg.data.eval_batch_size)
+    batch = min(size.points, bench.cfg.data.eval_batch_size)
+    chunk = bench.model().chunk_size_for(batch)
     buffer_mb = 4 * batch * bench.data_dim / 1e6  # one float32 [1, batch, X] slice
     figures = {
         "method": "cuda max_memory_allocated" if torch.cuda.is_available() else "VmHWM (RSS)",

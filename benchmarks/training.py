@@ -4,7 +4,9 @@ PyTorch loop of the same model over the same batches.
 Three loops over the same permutation of the training set (``BatchOrder``, seed + epoch 0),
 binarised on the device as the datamodule does, each from the same initial weights:
 
-    framework  ``trainer.fit`` of the VAE module with the config's Trainer and the datamodule
+    framework  ``trainer.fit`` of the VAE module as ``python -m vae_lab.run`` builds it: the
+               config's Trainer, callbacks (the progress bar on, at its configured refresh
+               rate), and logger (the default csv logger, into a temporary folder)
     module     ``VAE.elbo`` and Adam in a plain loop: vae_lab's distributions, no Trainer
     bare       hand-written PyTorch: the same ``nn.Module``s, the reparameterisation, the
                analytic KL and BCE-with-logits written out, as one would without vae_lab
@@ -12,26 +14,32 @@ binarised on the device as the datamodule does, each from the same initial weigh
 ``framework / bare`` is the goal (<= 1.10). ``framework / module`` is the Trainer's share of the
 cost and ``module / bare`` that of the distributions layer. The framework's epoch is timed from
 ``on_train_epoch_start`` to ``on_train_epoch_end``; ``fit``'s one-off set-up is reported apart.
-Validation, checkpointing and the progress bar are off: they are not costs of a training step.
-The module and bare loops draw the same random numbers in the same order, so they end on the
-same loss (``same_loss``): evidence that the reference trains the same model.
+Validation is off (it is not a cost of a training step). The three loops draw the same random
+numbers in the same order (the binarisation of a batch, then its z), so they end on the same
+loss (``same_loss``, to float32 rounding): evidence that the reference trains the same model.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from benchmarks.common import Bench, Goal, Result, rounds, synchronize, timed
+from vae_lab.build import build_logger, build_trainer
 from vae_lab.data.batches import BatchOrder
 from vae_lab.module import VAE
 from vae_lab.posteriors.gaussian import MIN_SCALE
@@ -50,38 +58,47 @@ TINY = Size(batches=3, repeats=1)
 @dataclass
 class Epoch:
     seconds: float
-    loss: float  # the last batch's loss (nan for the framework, whose loss is not kept)
+    loss: float  # the last batch's loss
     fit_seconds: float = float("nan")  # trainer.fit as a whole, set-up included
 
 
 class EpochTimer(pl.Callback):
+    """The epoch's wall time and its last batch's loss."""
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         synchronize()
         self.start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        self.loss = outputs["loss"]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         synchronize()
         self.seconds = time.perf_counter() - self.start
 
 
+@contextmanager
+def quiet_terminal() -> Iterator[None]:
+    """The progress bar is drawn (its cost is measured) into a buffer, not onto the table."""
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        yield
+
+
 def framework_epoch(bench: Bench, size: Size) -> Epoch:
+    """One epoch of ``trainer.fit`` with the run's Trainer, callbacks and logger."""
     model = bench.model()
     timer = EpochTimer()
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = instantiate(
-            bench.cfg.trainer,
-            max_epochs=1,
-            limit_train_batches=size.batches,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            enable_progress_bar=False,
-            enable_checkpointing=False,
-            logger=False,
-            callbacks=[timer],
-            default_root_dir=run_dir,
-        )
+    cfg = copy.deepcopy(bench.cfg)
+    overrides = {"max_epochs": 1, "limit_train_batches": size.batches, "limit_val_batches": 0,
+                 "num_sanity_val_steps": 0, "enable_progress_bar": True}  # fmt: skip
+    cfg.trainer = OmegaConf.merge(cfg.trainer, overrides)
+    with tempfile.TemporaryDirectory() as run_dir, quiet_terminal():
+        trainer = build_trainer(cfg, Path(run_dir), build_logger(cfg, Path(run_dir)))
+        trainer.callbacks.insert(0, timer)  # its epoch ends before the checkpoint's write
         fit_seconds = timed(lambda: trainer.fit(model, datamodule=bench.datamodule))
-    return Epoch(timer.seconds, float("nan"), fit_seconds)
+    return Epoch(timer.seconds, float(timer.loss), fit_seconds)
 
 
 def epoch_batches(bench: Bench, size: Size) -> Iterator[Tensor]:
@@ -154,7 +171,7 @@ def run(bench: Bench, size: Size) -> Result:
     seconds = {name: statistics.median(e.seconds for e in runs) for name, runs in epochs.items()}
     steps = sum(1 for _ in epoch_batches(bench, size))
     per_step_ms = {name: 1e3 * s / steps for name, s in seconds.items()}
-    loss_module, loss_bare = epochs["module"][0].loss, epochs["bare"][0].loss
+    loss = {name: runs[0].loss for name, runs in epochs.items()}
     figures = {
         "steps": steps,
         "epoch_s_framework": seconds["framework"],
@@ -167,9 +184,10 @@ def run(bench: Bench, size: Size) -> Result:
         "step_ms_bare": per_step_ms["bare"],
         "step_ms_trainer_overhead": per_step_ms["framework"] - per_step_ms["module"],
         "step_ms_distributions_overhead": per_step_ms["module"] - per_step_ms["bare"],
-        "loss_module": loss_module,
-        "loss_bare": loss_bare,
-        "same_loss": abs(loss_module - loss_bare) <= 1e-4 * abs(loss_bare),
+        "loss_framework": loss["framework"],
+        "loss_module": loss["module"],
+        "loss_bare": loss["bare"],
+        "same_loss": all(abs(v - loss["bare"]) <= 1e-4 * abs(loss["bare"]) for v in loss.values()),
     }
     return Result(
         figures,

@@ -15,7 +15,8 @@ def torch_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("logits_shape", "x_shape"),
-    [((5, 3, 7), (3, 7)), ((3, 7), (3, 7)), ((3, 7), (4, 3, 7))],  # x broadcast; equal; x larger
+    # x broadcast; equal; x with more dimensions; both broadcast
+    [((5, 3, 7), (3, 7)), ((3, 7), (3, 7)), ((3, 7), (4, 3, 7)), ((5, 1, 7), (3, 7))],
 )
 def test_log_prob_and_its_gradients_equal_torch_bernoulli(logits_shape, x_shape):
     torch.manual_seed(0)

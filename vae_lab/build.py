@@ -17,7 +17,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from vae_lab.data import InMemoryDataModule
 from vae_lab.module import VAE
@@ -87,6 +87,7 @@ def build_model(cfg: DictConfig, data_dim: int) -> VAE:
         lr_scheduler=component(cfg.lr_schedule, "lr_schedule") if cfg.get("lr_schedule") else None,
         eval_num_samples=cfg.eval.num_samples,
         eval_chunk_size=cfg.eval.chunk_size,
+        eval_compile=cfg.eval.get("compile", False),
         val_num_samples=cfg.eval.val_num_samples,
         test_seed=cfg.seed,
     )
@@ -146,7 +147,8 @@ def build_trainer(
     """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint.
 
     Further callbacks come from ``cfg.callbacks``, a mapping of name -> ``_target_`` config
-    (a null entry is skipped), so a feature adds its callback by config alone.
+    (a null entry is skipped), so a feature adds its callback by config alone; a progress bar
+    among them is dropped when ``trainer.enable_progress_bar`` is false.
     """
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError(
@@ -164,6 +166,8 @@ def build_trainer(
         for name, c in (cfg.get("callbacks") or {}).items()
         if c is not None
     ]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        extra = [c for c in extra if not isinstance(c, ProgressBar)]
     return component(
         cfg.trainer,
         "trainer",

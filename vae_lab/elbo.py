@@ -57,7 +57,10 @@ class Reparameterization:
 
 
 def _standard_normal_like(loc: Tensor) -> Independent:
-    return Independent(Normal(torch.zeros_like(loc), torch.ones_like(loc)), 1)
+    """N(0, I) of loc's shape, unchecked: its log_prob runs on every chunk of the IW estimate,
+    where checking the support of the [S, B, D] noise would cost a pass over it and a sync."""
+    zeros, ones = torch.zeros_like(loc), torch.ones_like(loc)
+    return Independent(Normal(zeros, ones, validate_args=False), 1, validate_args=False)
 
 
 def _affine(loc: Tensor, log_det: Tensor, scale: Callable[[Tensor], Tensor]) -> PushForward:

@@ -52,7 +52,7 @@ class BernoulliPixels(Independent):
 
     which is torch's ``Bernoulli(logits=l).log_prob(x)`` (= -BCE with logits) summed, computed
     by ``BernoulliLogDensity`` without first broadcasting x to the shape of l (x [B, X] against
-    l [S, B, X]); l is expanded only in the rare case where x has more dimensions than l.
+    l [S, B, X]); l is expanded only where x is not its trailing shape (x with more dimensions).
     """
 
     def __init__(self, logits: Tensor) -> None:
@@ -60,9 +60,10 @@ class BernoulliPixels(Independent):
 
     def log_prob(self, value: Tensor) -> Tensor:
         logits = self.base_dist.logits
-        shape = torch.broadcast_shapes(logits.shape, value.shape)
+        if value.dim() > logits.dim() or value.shape != logits.shape[logits.dim() - value.dim() :]:
+            logits = logits.expand(torch.broadcast_shapes(logits.shape, value.shape))
         dtype = torch.promote_types(logits.dtype, value.dtype)
-        return BernoulliLogDensity.apply(logits.to(dtype).expand(shape), value.to(dtype))
+        return BernoulliLogDensity.apply(logits.to(dtype), value.to(dtype))
 
 
 class BernoulliLikelihood(nn.Module):

@@ -14,6 +14,7 @@ processes. Checkpoints carry the RNG state, so a resumed run continues the same 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,11 +26,13 @@ from torch.distributions import Distribution
 from torchmetrics import MeanMetric
 
 from vae_lab.elbo import ELBOTerms, IWEstimate, LogLikelihood, elbo_terms, iw_log_px
+from vae_lab.fast_eval import CompiledLogLikelihood, default_chunk_size
 from vae_lab.metrics import ActiveUnits, IWLogLikelihood
 from vae_lab.objectives import ELBO, Objective
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.psis import warn_if_unreliable
 
+log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -46,7 +49,8 @@ class VAE(pl.LightningModule):
         objective: Objective | None = None,
         lr_scheduler: SchedulerFactory | None = None,
         eval_num_samples: int = 5000,
-        eval_chunk_size: int = 500,
+        eval_chunk_size: int | None = None,
+        eval_compile: bool = False,
         val_num_samples: int = 100,
         test_seed: int = 0,
     ) -> None:
@@ -61,6 +65,8 @@ class VAE(pl.LightningModule):
         self.objective = objective or ELBO()
         self.eval_num_samples = eval_num_samples
         self.eval_chunk_size = eval_chunk_size
+        self.eval_compile = eval_compile
+        self.compiled_log_likelihood: CompiledLogLikelihood | None = None
         self.val_num_samples = val_num_samples
         self.test_seed = test_seed
         self.metrics = nn.ModuleDict(
@@ -88,14 +94,36 @@ class VAE(pl.LightningModule):
         return self.prior(self.encode_base)
 
     def log_likelihood(self, x: Tensor) -> LogLikelihood:
-        """z [S, B, D] -> log p(x|z) [S, B]."""
-        return lambda z: self.likelihood(self.decoder(z)).log_prob(x)
+        """z [S, B, D] -> log p(x|z) [S, B]; compiled where no gradient is taken, after
+        ``compile_log_likelihood`` (``vae_lab.fast_eval``)."""
+
+        def log_px_z(z: Tensor) -> Tensor:
+            compiled = self.compiled_log_likelihood
+            if compiled is not None and not torch.is_grad_enabled():
+                return compiled(z, x)
+            return self._log_likelihood(z, x)
+
+        return log_px_z
+
+    def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        return self.likelihood(self.decoder(z)).log_prob(x)
+
+    def compile_log_likelihood(self) -> CompiledLogLikelihood:
+        """From now on, log p(x|z) of the estimates without gradient through torch.compile."""
+        if self.compiled_log_likelihood is None:
+            self.compiled_log_likelihood = CompiledLogLikelihood(self._log_likelihood)
+        return self.compiled_log_likelihood
+
+    def chunk_size_for(self, batch_size: int) -> int:
+        """Importance samples per datapoint drawn at once: ``eval_chunk_size``, or when that is
+        None the default of the module's device (``vae_lab.fast_eval``)."""
+        return self.eval_chunk_size or default_chunk_size(self.device, batch_size)
 
     def elbo(self, x: Tensor, num_samples: int = 1) -> ELBOTerms:
         return elbo_terms(self.q(x), self.p_z(), self.log_likelihood(x), num_samples)
 
     def iw_estimate(self, x: Tensor, num_samples: int, chunk_size: int | None = None) -> IWEstimate:
-        chunk = chunk_size or self.eval_chunk_size
+        chunk = chunk_size or self.chunk_size_for(x.shape[0])
         return iw_log_px(self.q(x), self.p_z(), self.log_likelihood(x), num_samples, chunk)
 
     # -- training ----------------------------------------------------------------------------
@@ -116,14 +144,17 @@ class VAE(pl.LightningModule):
         return loss
 
     def _logs_this_step(self, batch_idx: int) -> bool:
-        """Log on the steps Lightning writes (every ``trainer.log_every_n_steps``) and on each
-        epoch's last, which keeps the final train metrics for metrics.json.
+        """Log on the steps Lightning writes (every ``trainer.log_every_n_steps``: the step
+        about to be taken is ``global_step + 1``) and on each epoch's last and the run's last (at
+        ``max_steps``), which keep the final train metrics for metrics.json.
 
         ``self.log`` costs about 1 ms a call, a third of a small model's step on a CPU
         (``make bench``), so steps whose logs would be discarded skip it.
         """
-        last = batch_idx == self.trainer.num_training_batches - 1
-        return last or getattr(self.trainer._logger_connector, "should_update_logs", True)
+        trainer, step = self.trainer, self.global_step + 1
+        last = batch_idx == trainer.num_training_batches - 1 or step == trainer.max_steps
+        every = trainer.log_every_n_steps
+        return last or (every > 0 and step % every == 0)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameters())
@@ -185,6 +216,10 @@ class VAE(pl.LightningModule):
             torch.manual_seed(seed)
             yield
 
+    def on_test_start(self) -> None:
+        if self.eval_compile:
+            self.compile_log_likelihood()
+
     def test_step(self, x: Tensor, batch_idx: int) -> None:
         global_batch = batch_idx * self.trainer.world_size + self.trainer.global_rank
         with self._seeded(self.test_seed + global_batch):
@@ -200,3 +235,6 @@ class VAE(pl.LightningModule):
             warn_if_unreliable("test", float(values["psis_khat_bad"]), "eval.num_samples")
         for name, value in values.items():
             self.log(f"test/{name}", value)
+        if self.compiled_log_likelihood is not None and self.trainer.is_global_zero:
+            log.info("eval.compile: compiling log p(x|z) took %.1f s (of the test stage)",
+                     self.compiled_log_likelihood.seconds)  # fmt: skip

@@ -62,7 +62,8 @@ class StandardNormal(Prior):
         self.register_buffer("loc", torch.zeros(latent_dim))
 
     def forward(self, encode_base: BaseEncoder) -> Distribution:
-        return Independent(Normal(self.loc, torch.ones_like(self.loc)), 1)
+        scale = torch.ones_like(self.loc)  # valid by construction: built unchecked, every step
+        return Independent(Normal(self.loc, scale, validate_args=False), 1, validate_args=False)
 
 
 def diagonal_mixture_log_prob(z: Tensor, logits: Tensor, loc: Tensor, scale: Tensor) -> Tensor:

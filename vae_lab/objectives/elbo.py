@@ -41,7 +41,8 @@ class ELBO(Objective):
 
     def loss(self, model: VAE, x: Tensor, step: int) -> TrainingLoss:
         terms = self.terms(model, x)
-        bound = terms.recon - self.kl_weight(step) * terms.kl
+        weight = self.kl_weight(step)
+        bound = terms.elbo if weight == 1.0 else terms.recon - weight * terms.kl
         return TrainingLoss(loss=-bound.mean(), terms=terms, bound=bound)
 
     def terms(self, model: VAE, x: Tensor) -> ELBOTerms:

@@ -97,5 +97,5 @@ class SemiAmortized(Objective):
             q = model.posterior.distribution(theta)
             elbo = elbo_terms(q, model.p_z(), model.log_likelihood(x)).elbo
             estimate = iw_log_px(q, model.p_z(), model.log_likelihood(x), num_samples,
-                                 model.eval_chunk_size)  # fmt: skip
+                                 model.chunk_size_for(x.shape[0]))  # fmt: skip
         return {"elbo_refined": elbo, "log_px_refined": estimate.log_px.value}
