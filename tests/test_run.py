@@ -55,6 +55,22 @@ def test_failed_run_is_recorded_with_its_error(tmp_path):
     assert "optim.lr=-1" in read_metrics(tmp_path)["error"]
 
 
+@pytest.mark.parametrize("every", [1, 10])
+def test_a_nan_loss_is_reported_at_its_step_however_seldom_losses_are_read(every, tmp_path):
+    """Losses are read on logging steps only; the error still names the first NaN's step."""
+    cfg = compose_config(
+        [
+            "+fault=nan_loss",
+            "callbacks.fault.at_step=4",
+            "trainer.limit_train_batches=8",
+            f"trainer.log_every_n_steps={every}",
+        ]  # fmt: skip
+    )
+    record = execute(cfg, tmp_path, {}, isolate_failures=True)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("FloatingPointError: training loss is nan at step 4:")
+
+
 def _run_cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vae_lab.run", *args, f"hydra.run.dir={tmp_path}/run"],

@@ -69,6 +69,7 @@ class VAE(pl.LightningModule):
         self.compiled_log_likelihood: CompiledLogLikelihood | None = None
         self.val_num_samples = val_num_samples
         self.test_seed = test_seed
+        self._unchecked_losses: list[Tensor] = []  # training losses not yet checked finite
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{name}": MeanMetric()
@@ -130,18 +131,34 @@ class VAE(pl.LightningModule):
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         result = self.objective.loss(self, x, self.global_step)
         loss, terms = result.loss, result.terms
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.global_step}: "
-                "lower optim.lr, add kl_warmup_steps, or check the data"
-            )
+        self._unchecked_losses.append(loss.detach())
         if self._logs_this_step(batch_idx):
+            self._check_finite()
             batch = x.shape[0]
             self.log("train/loss", loss, prog_bar=True, batch_size=batch)
             self.log("train/elbo", terms.elbo.mean(), batch_size=batch)
             self.log("train/recon", terms.recon.mean(), batch_size=batch)
             self.log("train/kl", terms.kl.mean(), batch_size=batch)
         return loss
+
+    def _check_finite(self) -> None:
+        """Raise at the first NaN or infinite training loss since the last check.
+
+        Reading a loss makes a GPU finish its step first, so the losses are kept on the device
+        and read on the logging steps only (``_logs_this_step``, each epoch's last among
+        them), which lets the CPU queue the steps between: a non-finite loss is reported, with
+        its step, up to ``trainer.log_every_n_steps`` steps late, and before the epoch's
+        checkpoint.
+        """
+        losses, self._unchecked_losses = torch.stack(self._unchecked_losses), []
+        bad = (~torch.isfinite(losses)).nonzero()
+        if bad.numel():
+            first = int(bad[0])
+            raise FloatingPointError(
+                f"training loss is {losses[first].item()} at step "
+                f"{self.global_step - len(losses) + 1 + first}: "
+                "lower optim.lr, add kl_warmup_steps, or check the data"
+            )
 
     def _logs_this_step(self, batch_idx: int) -> bool:
         """Log on the steps Lightning writes (every ``trainer.log_every_n_steps``: the step
