@@ -62,7 +62,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 from torch.distributions import Distribution
 
-from vae_lab.ais import ais_log_px
+from vae_lab.ais import ais_log_px, warn_if_biased
 from vae_lab.bdmc import bdmc_metrics
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.console import quiet_third_parties
@@ -385,6 +385,11 @@ def evaluate_points(
     log_px_ais = ais.log_px.figure()
     put(metrics, "log_px_ais", log_px_ais)
     metrics["eval/ais_accept_rate"] = float(ais.accept_rate.mean())
+    metrics["eval/log_px_ais_bias"] = float(ais.shortfall.mean())
+    metrics["eval/ais_ess_fraction"] = float(ais.ess_fraction.mean())
+    biased = warn_if_biased(log_px_ais, metrics["eval/log_px_ais_bias"],
+                            metrics["eval/ais_ess_fraction"])  # fmt: skip
+    metrics["eval/ais_reliable"] = float(not biased)
     best = max(log_px, log_px_ais, key=lambda f: f.value)
     put(metrics, "log_px_best", best)
     if log_px.value - log_px_ais.value > AIS_SHORTFALL_NATS:
@@ -435,7 +440,9 @@ def evaluate_points(
         qstar_stage(family, suffix)
     if ev.bdmc:
         with timed(metrics, "bdmc"):
-            metrics.update(bdmc_metrics(model, ev))
+            metrics.update(bdmc_metrics(model, ev, log_px_ais.stderr))
+        if not metrics["eval/bdmc_certified"]:
+            metrics["eval/ais_reliable"] = 0.0
     chosen = {"qstar_init": init, "gap_reference": "exact" if ppca is not None else "best"}
     return metrics, chosen
 
