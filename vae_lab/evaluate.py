@@ -77,6 +77,7 @@ from vae_lab.gaps import (
     moment_matched_theta,
     prior_theta,
     qstar_residual,
+    qstar_start,
     warn_if_residual_matters,
 )
 from vae_lab.metrics import IWLogLikelihood
@@ -416,12 +417,14 @@ def evaluate_points(
     def qstar_stage(family: PosteriorFamily, suffix: str) -> None:
         with timed(metrics, f"qstar{suffix}"):
             with torch.no_grad():
-                if init == "encoder" and family is model.posterior:
-                    theta0 = model.posterior(model.encoder(x))
-                else:
-                    theta0 = prior_theta(family, prior, x.shape[0], settings)
-                    if init == "encoder":
-                        theta0 = moment_matched_theta(family, model.q(x), theta0)
+                theta0 = prior_theta(family, prior, x.shape[0], settings)
+                if init == "encoder":
+                    near_q = (
+                        model.posterior(model.encoder(x))
+                        if family is model.posterior
+                        else moment_matched_theta(family, model.q(x), theta0)
+                    )
+                    theta0 = qstar_start(family, prior, model.log_likelihood(x), [near_q, theta0])
             rows_likelihood = lambda rows: model.log_likelihood(x[rows])  # noqa: E731
             fit = fit_qstar(family, prior, rows_likelihood, theta0, settings, progress=True)
             with torch.inference_mode():
