@@ -143,7 +143,7 @@ def warn_if_uncertified(width: Figure, ais_stderr: float = 0.0) -> bool:
         return False
     log.warning(
         "eval/bdmc_gap = %.3f +- %.3f nats: AIS with these settings may be that far below "
-        "log p(x), beyond its stderr %.3f; raise eval.ais_steps (or eval.ais_leapfrog_steps)",
+        "log p(x), beyond its stderr %.3f; raise eval.ais_steps (and eval.ais_chains)",
         width.value, width.stderr, ais_stderr,
     )  # fmt: skip
     return True
