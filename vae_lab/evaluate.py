@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ from vae_lab.data.linear_gaussian import ppca_of
 from vae_lab.elbo import iw_log_px
 from vae_lab.estimate import Estimate, Figure
 from vae_lab.gaps import (
+    FALLBACK_START_STEPS,
     QStarSettings,
     fit_qstar,
     gap_split,
@@ -417,11 +418,13 @@ def evaluate_points(
     def qstar_stage(family: PosteriorFamily, suffix: str) -> None:
         with timed(metrics, f"qstar{suffix}"):
             with torch.no_grad():
-                theta0 = prior_theta(family, prior, x.shape[0], settings)
+                own = init == "encoder" and family is model.posterior  # a fallback start only
+                steps = min(settings.max_steps, FALLBACK_START_STEPS) if own else settings.max_steps
+                theta0 = prior_theta(family, prior, x.shape[0], replace(settings, max_steps=steps))
                 if init == "encoder":
                     near_q = (
                         model.posterior(model.encoder(x))
-                        if family is model.posterior
+                        if own
                         else moment_matched_theta(family, model.q(x), theta0)
                     )
                     theta0 = qstar_start(family, prior, model.log_likelihood(x), [near_q, theta0])
