@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from tests.test_linear_gaussian import known_ppca_vae
-from vae_lab.ais import ChainState, ais_log_px, hmc_transition, sigmoid_schedule
+from tests.test_ppca_sizes import Size, ppca_vae
+from vae_lab.ais import (
+    ChainState,
+    ais_log_px,
+    ess_fraction,
+    hmc_transition,
+    jackknife_shortfall,
+    sigmoid_schedule,
+    warn_if_biased,
+)
 from vae_lab.posteriors.flow import FlowDistribution, FlowTransform
 
 
@@ -59,9 +71,65 @@ def test_hmc_leaves_the_posterior_invariant():
     torch.testing.assert_close(cov, posterior.covariance_matrix.double(), atol=0.01, rtol=0.1)
 
 
+def test_ais_weights_are_unbiased_for_p_x():
+    """E[p^(x)] = p(x) exactly, whatever the schedule's length (Neal 2001), so the mean of
+    p^(x) / p(x) over 10,000 independent runs is 1 within 3 of its stderrs. A schedule adapted
+    on-line from the chains' own acceptances breaks this, upwards: with one chain, 30 steps and
+    one leapfrog step, ffe237f's factor 1.02 gives +0.013 (4.5 stderrs), the factor 1.1 run
+    on-line +0.025 (10 stderrs); the frozen pilot schedule -0.004 (1.5)."""
+    torch.manual_seed(0)
+    model, ppca, x = ppca_vae(Size(10, 2, 0.5, "gaussian", 1.5), num_points=20)
+    copies = 500
+    xs = x.repeat(copies, 1)
+    with torch.no_grad():
+        q = model.q(xs)
+    estimate = ais_log_px(
+        q, model.p_z(), model.log_likelihood(xs), 30, 1, leapfrog_steps=1, step_size=0.5
+    )
+    ratio = (estimate.log_px.value - ppca.marginal().log_prob(x.double()).repeat(copies)).exp()
+    stderr = float(ratio.std() / math.sqrt(len(ratio)))
+    assert abs(float(ratio.mean()) - 1) < 3 * stderr, (float(ratio.mean()), stderr)
+    assert stderr < 0.005  # a test with the power to see the adapted schedule's bias
+
+
+def test_jackknife_shortfall_and_ess_over_chains():
+    """The jackknife estimate of log p(x) - E[log mean_c w_c] equals Var[w] / (2 C) to first
+    order for light-tailed weights, and the ESS of equal weights is all of them."""
+    torch.manual_seed(0)
+    chains, sigma = 64, 0.1
+    log_w = sigma * torch.randn(chains, 4000, dtype=torch.float64)
+    shortfall = jackknife_shortfall(log_w)
+    expected = (math.exp(sigma**2) - 1) / (2 * chains)  # Var[w] / (2 C E[w]^2), w lognormal
+    torch.testing.assert_close(shortfall.mean().item(), expected, rtol=0.1, atol=0)
+    assert (shortfall >= 0).all()
+    torch.testing.assert_close(ess_fraction(torch.zeros(8, 3)), torch.ones(3, dtype=torch.float64))
+    one_chain = torch.tensor([[0.0], [-800.0]])
+    assert float(ess_fraction(one_chain)) == 0.5 and float(jackknife_shortfall(one_chain)) > 100
+
+
+def test_short_ais_on_a_wide_posterior_flags_itself(caplog):
+    """Too short an annealing from too wide a q: AIS lies below exact by more than its
+    stderr, and the jackknife shortfall says so, with its one-line warning."""
+    torch.manual_seed(0)
+    model, ppca, x = ppca_vae(Size(20, 5, 0.5, "gaussian", 3.0), num_points=200)
+    with torch.no_grad():
+        q = model.q(x)
+    estimate = ais_log_px(q, model.p_z(), model.log_likelihood(x), 10, 4, leapfrog_steps=2)
+    figure = estimate.log_px.figure()
+    exact = float(ppca.marginal().log_prob(x.double()).mean())
+    shortfall = float(estimate.shortfall.mean())
+    assert exact - figure.value > 3 * figure.stderr  # the stated error misses the bias ...
+    assert shortfall > figure.stderr  # ... which the jackknife sees
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_biased(figure, shortfall, float(estimate.ess_fraction.mean()))
+        assert not warn_if_biased(figure, figure.stderr / 2, 1.0)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("eval/log_px_ais = ") and "eval.bdmc=true" in message
+
+
 def test_ais_is_within_a_tenth_of_a_nat_of_the_exact_log_px():
     torch.manual_seed(0)
-    model, ppca, x = known_ppca_vae("gaussian")
+    model, ppca, x = known_ppca_vae("gaussian", num_points=50)
     estimate = ais_log_px(
         model.q(x), model.p_z(), model.log_likelihood(x), 200, 8, leapfrog_steps=5
     )

@@ -59,7 +59,8 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
         assert math.isfinite(metrics[key]) and metrics[key] == record[key], key
     for gap in ("approximation_gap", "amortization_gap"):  # q* must beat the encoder
         assert record[f"eval/{gap}"] > 3 * record[f"eval/{gap}_stderr"], gap
-    for key in ("ess_fraction", "psis_khat", "psis_khat_bad", "qstar_residual"):
+    for key in ("ess_fraction", "psis_khat", "psis_khat_bad", "qstar_residual", "log_px_ais_bias",
+                "ais_ess_fraction", "ais_reliable"):  # fmt: skip
         assert math.isfinite(record[f"eval/{key}"]), key
     assert record["eval/log_px_best"] == max(record["eval/log_px"], record["eval/log_px_ais"])
     assert record["eval/num_points"] == 60 and "eval/log_px_exact" not in record

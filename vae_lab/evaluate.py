@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 from torch.distributions import Distribution
 
-from vae_lab.ais import ais_log_px
+from vae_lab.ais import ais_log_px, warn_if_biased
 from vae_lab.bdmc import bdmc_metrics
 from vae_lab.build import build_datamodule, build_model
 from vae_lab.console import quiet_third_parties
@@ -74,12 +74,14 @@ from vae_lab.data.linear_gaussian import ppca_of
 from vae_lab.elbo import iw_log_px
 from vae_lab.estimate import Estimate, Figure
 from vae_lab.gaps import (
+    FALLBACK_START_STEPS,
     QStarSettings,
     fit_qstar,
     gap_split,
     moment_matched_theta,
     prior_theta,
     qstar_residual,
+    qstar_start,
     warn_if_residual_matters,
 )
 from vae_lab.metrics import IWLogLikelihood
@@ -401,6 +403,11 @@ def evaluate_points(
     log_px_ais = ais.log_px.figure()
     put(metrics, "log_px_ais", log_px_ais)
     metrics["eval/ais_accept_rate"] = float(ais.accept_rate.mean())
+    metrics["eval/log_px_ais_bias"] = float(ais.shortfall.mean())
+    metrics["eval/ais_ess_fraction"] = float(ais.ess_fraction.mean())
+    biased = warn_if_biased(log_px_ais, metrics["eval/log_px_ais_bias"],
+                            metrics["eval/ais_ess_fraction"])  # fmt: skip
+    metrics["eval/ais_reliable"] = float(not biased)
     best = max(log_px, log_px_ais, key=lambda f: f.value)
     put(metrics, "log_px_best", best)
     if log_px.value - log_px_ais.value > AIS_SHORTFALL_NATS:
@@ -427,12 +434,16 @@ def evaluate_points(
     def qstar_stage(family: PosteriorFamily, suffix: str) -> None:
         with timed(metrics, f"qstar{suffix}"):
             with torch.no_grad():
-                if init == "encoder" and family is model.posterior:
-                    theta0 = model.posterior(model.encoder(x))
-                else:
-                    theta0 = prior_theta(family, prior, x.shape[0], settings)
-                    if init == "encoder":
-                        theta0 = moment_matched_theta(family, model.q(x), theta0)
+                own = init == "encoder" and family is model.posterior  # a fallback start only
+                steps = min(settings.max_steps, FALLBACK_START_STEPS) if own else settings.max_steps
+                theta0 = prior_theta(family, prior, x.shape[0], replace(settings, max_steps=steps))
+                if init == "encoder":
+                    near_q = (
+                        model.posterior(model.encoder(x))
+                        if own
+                        else moment_matched_theta(family, model.q(x), theta0)
+                    )
+                    theta0 = qstar_start(family, prior, model.log_likelihood(x), [near_q, theta0])
             rows_likelihood = lambda rows: model.log_likelihood(x[rows])  # noqa: E731
             fit = fit_qstar(family, prior, rows_likelihood, theta0, settings, progress=True)
             with torch.inference_mode():
@@ -451,7 +462,9 @@ def evaluate_points(
         qstar_stage(family, suffix)
     if ev.bdmc:
         with timed(metrics, "bdmc"):
-            metrics.update(bdmc_metrics(model, ev))
+            metrics.update(bdmc_metrics(model, ev, log_px_ais.stderr))
+        if not metrics["eval/bdmc_certified"]:
+            metrics["eval/ais_reliable"] = 0.0
     chosen = {"qstar_init": init, "gap_reference": "exact" if ppca is not None else "best"}
     return metrics, chosen
 

@@ -42,7 +42,11 @@ ELBO without a likelihood term), from the family's head bias. From the encoder i
 encoder's theta(x) for the run's own family; for another family (Cremer et al.'s L[q*_FFG] of
 a flow-trained model, say) it is theta_0 with its Gaussian part moved to the mean and the
 per-coordinate standard deviation of samples of the encoder's q(z|x), so that every q*
-starts near the amortised posterior rather than at the prior.
+starts near the amortised posterior rather than at the prior. Where that start is worse than
+theta_0 by the ELBO (``qstar_start``), the datapoint starts at theta_0 instead: an encoder
+left degenerate by a short training run (a full-covariance factor with cond(L) ~ 1e15,
+diagonal entries of 1e-4 beside off-diagonal ones of 10) is a start from which Adam does not
+recover in thousands of steps, while its well-conditioned theta_0 reaches the optimum.
 
 ELBOs are reported as the mean of log w = log p(x, z) - log q(z|x) over S samples with Monte
 Carlo variance Var[log w] / S (the ``elbo`` of the ELBO core's ``iw_log_px``), as figures of
@@ -261,6 +265,33 @@ def prior_theta(
 
     fit = fit_qstar(family, prior, lambda rows: no_likelihood, start, settings)
     return fit.theta.expand(num_points, -1)
+
+
+#: steps of the fit to the prior that is the run's own family's fallback start (``qstar_start``):
+#: a sane start, not an optimum, at a fifth of a full fit's cost
+FALLBACK_START_STEPS = 200
+
+
+def qstar_start(
+    family: PosteriorFamily,
+    prior: Distribution,
+    log_likelihood: LogLikelihood,
+    candidates: list[Tensor],
+    num_samples: int = 20,
+) -> Tensor:
+    """Per datapoint, the candidate theta [N, P] with the highest ELBO, each estimated from
+    ``num_samples`` draws (module docstring: the encoder's start, or theta_0 where the
+    encoder's is worse). Which start wins does not bias the ELBO of q*, estimated afresh."""
+    with torch.inference_mode():
+        elbos = torch.stack(
+            [
+                log_importance_weights(family.distribution(theta), prior, log_likelihood,
+                                       num_samples)[0].double().mean(0)
+                for theta in candidates
+            ]
+        )  # fmt: skip
+    best = torch.nan_to_num(elbos, nan=-math.inf).argmax(0)
+    return torch.stack(candidates)[best, torch.arange(best.numel(), device=best.device)]
 
 
 def moment_matched_theta(
