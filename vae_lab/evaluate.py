@@ -379,7 +379,7 @@ def evaluate_points(
         return Estimate.cat(parts).figure()
 
     with timed(metrics, "iw"), torch.inference_mode():
-        summary = IWLogLikelihood()  # the test stage's summary: log p(x), ESS/K, k-hat
+        summary = IWLogLikelihood().to(x.device)  # the test stage's: log p(x), ESS/K, k-hat
         elbo_parts = []
         for i in batches:
             estimate = model.iw_estimate(x[i : i + batch_size], k, chunk)
