@@ -64,6 +64,12 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
         assert math.isfinite(record[f"eval/{key}"]), key
     assert record["eval/log_px_best"] == max(record["eval/log_px"], record["eval/log_px_ais"])
     assert record["eval/num_points"] == 60 and "eval/log_px_exact" not in record
+    # AIS is reliable only where neither the jackknife nor q's distance from the posterior
+    # (IW's k-hat) says its bias can exceed its stderr; no BDMC here to certify it
+    uncertain = record["eval/psis_khat_bad"] > 0 or (
+        record["eval/log_px_ais_bias"] > record["eval/log_px_ais_stderr"]
+    )
+    assert record["eval/ais_reliable"] == float(not uncertain)
 
     other = main([f"run_dir={digits_run}", *QUICK, "eval.qstar_family=full_cov"])
     assert other["qstar_init"] == "encoder"  # moment-matched to the encoder's q
@@ -158,6 +164,7 @@ def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
     assert metrics["test/psis_khat"] < 0.7 and metrics["eval/psis_khat"] < 0.7
     for name in ("test/log_px", "eval/log_px", "eval/log_px_ais"):
         assert abs(metrics[name] - exact) < 3 * metrics[f"{name}_stderr"], name
+    assert metrics["eval/psis_khat_bad"] == 0 and metrics["eval/ais_reliable"] == 1.0
 
 
 def test_a_cross_family_qstar_through_untrained_shared_networks_is_flagged(caplog):

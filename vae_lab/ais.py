@@ -59,10 +59,11 @@ reached. Measured on a 50-D PPCA model trained 20 epochs (100 points): 500 steps
 gave 0.071 nats below exact against a stderr of 0.020 and a jackknife of 0.026 (flagged);
 2000 steps x 16 chains 0.051 below, stderr 0.011, jackknife 0.0065 (not flagged, while BDMC's
 sandwich was 3.3 +- 1.3 nats wide, which flags it); 500 steps x 64 chains 0.062 below,
-stderr 0.012, jackknife 0.008 (flagged by BDMC only, 7.1 +- 2.7 nats). There q is far from the posterior (a 12-nat
-amortization gap) and the weights' tail is heavier than 16 or 64 chains show. BDMC
-(``vae_lab.bdmc``) bounds the whole error on data simulated from the model. With one chain
-the jackknife is NaN.
+stderr 0.012, jackknife 0.008 (flagged by BDMC only, 7.1 +- 2.7 nats). There q is far from
+the posterior (a 12-nat amortization gap, IW's k-hat > 0.7 at every point) and the weights'
+tail is heavier than 16 or 64 chains show: where IW's k-hat says so, ``vae_lab.evaluate``
+reports AIS as uncertified unless BDMC (``vae_lab.bdmc``), which bounds the whole error on
+data simulated from the model, certifies it. With one chain the jackknife is NaN.
 """
 
 from __future__ import annotations

@@ -407,7 +407,15 @@ def evaluate_points(
     metrics["eval/ais_ess_fraction"] = float(ais.ess_fraction.mean())
     biased = warn_if_biased(log_px_ais, metrics["eval/log_px_ais_bias"],
                             metrics["eval/ais_ess_fraction"])  # fmt: skip
-    metrics["eval/ais_reliable"] = float(not biased)
+    far = metrics["eval/psis_khat_bad"] > 0  # q far from the posterior at some points
+    if far and not biased and not ev.bdmc:
+        log.warning(
+            "eval/log_px_ais: q is far from the posterior at %.0f%% of the points (IW's k-hat "
+            "> 0.7), where AIS's bias can exceed its stderr unseen by the jackknife; certify "
+            "it with eval.bdmc=true (ais_reliable = 0 until then)",
+            100 * metrics["eval/psis_khat_bad"],
+        )  # fmt: skip
+    metrics["eval/ais_reliable"] = float(not biased and not far)
     best = max(log_px, log_px_ais, key=lambda f: f.value)
     put(metrics, "log_px_best", best)
     if log_px.value - log_px_ais.value > AIS_SHORTFALL_NATS:
@@ -463,8 +471,8 @@ def evaluate_points(
     if ev.bdmc:
         with timed(metrics, "bdmc"):
             metrics.update(bdmc_metrics(model, ev, log_px_ais.stderr))
-        if not metrics["eval/bdmc_certified"]:
-            metrics["eval/ais_reliable"] = 0.0
+        certified = bool(metrics["eval/bdmc_certified"])
+        metrics["eval/ais_reliable"] = float(not biased and certified)
     chosen = {"qstar_init": init, "gap_reference": "exact" if ppca is not None else "best"}
     return metrics, chosen
 
