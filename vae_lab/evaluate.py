@@ -9,10 +9,8 @@ replaces it, over today's defaults for the run's options (keys the run predates)
 model and loads the checkpoint (with ``run_dir=``, ``checkpoints/best.ckpt``), refusing one
 that records another run than the folder's; it checks that it can write into the folder before
 any work. On ``eval.gap_points`` datapoints of ``eval.split``, a subset
-seeded by ``eval.seed``, it runs these stages, each timed (``eval/time_<stage>_s``):
-
-With ``eval.compile=true`` log p(x|z) is compiled where no gradient is taken (``eval/compile_s``:
-the time spent compiling, counted in the stages' times; vae_lab.fast_eval).
+seeded by ``eval.seed``, on ``eval.device`` (auto: the GPU where torch sees one), it runs
+these stages, each timed (``eval/time_<stage>_s``):
 
     iw      log p(x) by importance sampling, K = eval.num_samples, and from the same weights
             ELBO(q) of the encoder, ESS/K and the Pareto k-hat (the ELBO core's estimate)
@@ -24,6 +22,9 @@ the time spent compiling, counted in the stages' times; vae_lab.fast_eval).
             to the aggregate posterior (vae_lab.sample_quality.evaluation)
     bdmc    with eval.bdmc=true: AIS bounds from both sides on data simulated from the model
             (vae_lab.bdmc)
+
+With ``eval.compile=true`` log p(x|z) is compiled where no gradient is taken (``eval/compile_s``:
+the time spent compiling, counted in the stages' times; vae_lab.fast_eval).
 
 The gaps are measured from the exact log p(x) when it is known, else from the better of the
 IW and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family other
@@ -506,14 +507,14 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
     datamodule.prepare_data()
     datamodule.setup()
     model = load_model(cfg, run, datamodule.data_dim)
-    if cfg.eval.chunk_size is None:  # the device's default, recorded in eval.json
-        cfg.eval.chunk_size = model.chunk_size_for(cfg.data.eval_batch_size)
     compiled = model.compile_log_likelihood() if cfg.eval.compile else None
     families = qstar_families(cfg, model)
     check_settings(cfg, datamodule)  # bad sample-quality settings fail before the slow stages
     x = select_points(datamodule, cfg.eval.split, cfg.eval.gap_points, cfg.eval.seed)
     device = eval_device(cfg.eval.device)
     model.to(device)
+    if cfg.eval.chunk_size is None:  # the evaluating device's default, recorded in eval.json
+        cfg.eval.chunk_size = model.chunk_size_for(cfg.data.eval_batch_size)
     for family, _ in families:
         family.to(device)
     x = x.to(device)
