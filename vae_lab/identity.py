@@ -29,6 +29,7 @@ NOT_IDENTITY = (
     "trainer.enable_model_summary",
     "callbacks.image_grids",
     "eval.device",
+    "eval.compile",
 )
 #: groups whose option is not part of the identity (hydra/* groups are left out too)
 NOT_IDENTITY_GROUPS = ("logger",)
