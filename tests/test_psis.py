@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from vae_lab.elbo import IWEstimate
+from vae_lab.estimate import Estimate
+from vae_lab.metrics import IWLogLikelihood
 from vae_lab.psis import pareto_khat, tail_length, warn_if_unreliable
 
 arviz = pytest.importorskip("arviz_stats.base.array", reason="arviz-stats is a dev dependency")
@@ -49,3 +52,21 @@ def test_unreliable_weights_warn_in_one_line_naming_the_figure_and_the_fix(caplo
     (message,) = [r.getMessage() for r in caplog.records]
     assert "\n" not in message and message.startswith("test/psis_khat_bad = 0.250")
     assert "eval.num_samples" in message and "AIS" in message
+
+
+def test_equal_weights_have_no_tail_and_count_as_reliable():
+    """q equal to its posterior to float precision makes every weight p(x): no tail to fit
+    (ArviZ refuses it). k-hat is NaN there; the summary leaves it out of the mean k-hat and
+    does not count it as unreliable."""
+    log_w = log_weights(1000)
+    log_w[:, 0] = -97.0
+    with pytest.raises(ValueError, match="tail values are the same"):
+        reference_khat(log_w[:, :1])
+    khat = pareto_khat(log_w.topk(tail_length(1000) + 1, dim=0).values)
+    assert khat[0].isnan() and not khat[1:].isnan().any()
+    summary = IWLogLikelihood()
+    estimate = Estimate(log_w.logsumexp(0), torch.zeros(6))
+    summary.update(IWEstimate(estimate, estimate, torch.ones(6), khat, torch.zeros(6, 1), 1000))
+    figures = summary.compute()
+    assert float(figures["psis_khat"]) == pytest.approx(float(khat[1:].mean()))
+    assert float(figures["psis_khat_bad"]) == pytest.approx(float((khat[1:] > 0.7).sum()) / 6)

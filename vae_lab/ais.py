@@ -16,9 +16,11 @@ is unbiased, E[w] = p(x), so log p^(x) = logsumexp_c log w_c - log C is a stocha
 bound, like the IW estimate; its Monte Carlo variance is estimated by the same delta method,
 1/ESS - 1/C.
 
-The initial distribution is the posterior q(z|x) itself, annealed in the coordinates of its
-noise: every reparameterisable q is z = T(eps), eps ~ q0 = N(0, I) (``elbo.reparameterize``:
-mu + L eps for the Gaussians, a flow's layers after its base's), and there the path
+The initial distribution is a posterior q(z|x) (``vae_lab.evaluate`` passes q*, the best member
+of the family per datapoint, or the encoder's q: the nearer the posterior it starts, the less
+AIS has to anneal and the smaller its bias), annealed in the coordinates of its noise: every
+reparameterisable q is z = T(eps), eps ~ q0 = N(0, I) (``elbo.reparameterize``: mu + L eps for
+the Gaussians, a flow's layers after its base's), and there the path
 
     g_t(eps) = q0(eps)^(1 - beta_t) [p(x, T(eps)) |det dT/deps|]^beta_t
              = q(z|x)^(1 - beta_t) p(x, z)^beta_t |det dT/deps|

@@ -99,16 +99,21 @@ def bdmc(
     return BDMCEstimate(lower, Estimate(upper, spread.expand_as(upper)), forward.accept_rate)
 
 
-def bdmc_metrics(model: VAE, ev: DictConfig, ais_stderr: float = 0.0) -> dict[str, float]:
+def bdmc_metrics(
+    model: VAE,
+    ev: DictConfig,
+    start: Callable[[Tensor], Distribution],
+    ais_stderr: float = 0.0,
+) -> dict[str, float]:
     """The eval/ figures of BDMC on ``ev.bdmc_points`` datapoints simulated from the model
-    (seeded by ``ev.seed``), with the AIS settings of ``ev`` and, for a PPCA model, the exact
-    mean log p(x) of the simulated data; ``eval/bdmc_certified`` is 0 when the sandwich is
-    wider than its noise and than ``ais_stderr``, the stated error of the AIS figure."""
+    (seeded by ``ev.seed``), with the AIS settings of ``ev`` from the start q = ``start(x)``
+    that the reported AIS used (the encoder's ``model.q``, or q* fitted to x), and, for a PPCA
+    model, the exact mean log p(x) of the simulated data; ``eval/bdmc_certified`` is 0 when
+    the sandwich is wider than its noise and than ``ais_stderr``, the stated error of AIS."""
     torch.manual_seed(ev.seed)
     prior = model.p_z()
     z, x = simulate(prior, lambda z: model.likelihood(model.decoder(z)), ev.bdmc_points)
-    with torch.no_grad():
-        q = model.q(x)
+    q = start(x)
     estimate = bdmc(
         q, prior, model.log_likelihood(x), z, ev.ais_steps, ev.ais_chains,
         leapfrog_steps=ev.ais_leapfrog_steps, pilot_chains=ev.ais_pilot_chains, progress=True,

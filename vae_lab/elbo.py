@@ -185,7 +185,7 @@ class IWEstimate:
     log_px: Estimate
     elbo: Estimate
     ess: Tensor  # effective sample size (sum w)^2 / sum w^2
-    khat: Tensor  # Pareto k-hat of the weights (nan where K < 6)
+    khat: Tensor  # Pareto k-hat of the weights (nan where K < 6 or the largest are all equal)
     z_mean: Tensor  # the sample mean of z under q, an estimate of E_q[z], [B, D]
     num_samples: int
 

@@ -14,8 +14,10 @@ these stages, each timed (``eval/time_<stage>_s``):
 
     iw      log p(x) by importance sampling, K = eval.num_samples, and from the same weights
             ELBO(q) of the encoder, ESS/K and the Pareto k-hat (the ELBO core's estimate)
-    ais     log p(x) by annealed importance sampling (vae_lab.ais)
-    qstar   q*, ELBO(q*) from K samples, qstar_residual and the gap split (vae_lab.gaps)
+    qstar   q*, ELBO(q*) from K samples, and from the same weights IW with q* as the proposal
+            (eval/log_px_qstar, its ESS/K and k-hat); qstar_residual (vae_lab.gaps)
+    ais     log p(x) by annealed importance sampling (vae_lab.ais) from eval.ais_start: best
+            = of the encoder's q and the q*s, the one with the highest ELBO (q*, as a rule)
     exact   log p(x) in closed form, when the model is probabilistic PCA
     sample quality   FID/KID/precision/recall of reconstructions and prior samples on the test
             images, and of the priors of eval.refit_prior=[mixture,flow,diffusion] refitted
@@ -26,13 +28,13 @@ these stages, each timed (``eval/time_<stage>_s``):
 With ``eval.compile=true`` log p(x|z) is compiled where no gradient is taken (``eval/compile_s``:
 the time spent compiling, counted in the stages' times; vae_lab.fast_eval).
 
-The gaps are measured from the exact log p(x) when it is known, else from the better of the
-IW and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family other
-than the run's own, the q* figures are named ``eval/elbo_qstar_<family>``,
-``eval/approximation_gap_<family>``, ``eval/time_qstar_<family>_s``, ... so they sit beside
-the run's own in metrics.json (the other figures are recomputed and overwritten). A list,
-``eval.qstar_family=[flow,gaussian]``, fits a q* in each family after one IW and one AIS
-stage: Cremer et al.'s L[q*_flow] and L[q*_FFG] of one model in one call.
+The gaps are measured from the exact log p(x) when it is known, else from the best of the IW,
+IW-from-q* and AIS estimates (``eval/log_px_best``). With ``eval.qstar_family`` set to a family
+other than the run's own, the q* figures are named ``eval/elbo_qstar_<family>``,
+``eval/approximation_gap_<family>``, ``eval/time_qstar_<family>_s``, ... so they sit beside the
+run's own in metrics.json (the other figures are recomputed and overwritten). A list,
+``eval.qstar_family=[flow,gaussian]``, fits a q* in each family, with one IW and one AIS stage:
+Cremer et al.'s L[q*_flow] and L[q*_FFG] of one model in one call.
 
 Writes ``eval.json`` in the run folder and merges its ``eval/*`` metrics into ``metrics.json``
 as each stage ends, and adds them to the run's W&B run if it had one. This module composes the
@@ -72,10 +74,11 @@ from vae_lab.build import build_datamodule, build_model
 from vae_lab.console import quiet_third_parties
 from vae_lab.data import InMemoryDataModule
 from vae_lab.data.linear_gaussian import ppca_of
-from vae_lab.elbo import iw_log_px
+from vae_lab.elbo import IWEstimate, iw_log_px
 from vae_lab.estimate import Estimate, Figure
 from vae_lab.gaps import (
     FALLBACK_START_STEPS,
+    QStarFit,
     QStarSettings,
     fit_qstar,
     gap_split,
@@ -145,6 +148,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.qstar_max_steps": POSITIVE_INT,
     "eval.qstar_tol": NON_NEGATIVE_NUMBER,
     "eval.ais_pilot_chains": POSITIVE_INT,
+    "eval.ais_start": one_of("best", "encoder"),
     "eval.qstar_decays": NON_NEGATIVE_INT,
     "eval.qstar_gradient": one_of("stl", "reparam"),
     "eval.qstar_residual_steps": POSITIVE_INT,
@@ -357,6 +361,16 @@ def put(metrics: dict[str, float], name: str, figure: Figure) -> None:
     metrics[f"eval/{name}_stderr"] = figure.stderr
 
 
+@dataclass
+class Start:
+    """A candidate start of AIS: its ELBO, the distribution on the evaluated points, and how
+    to make it on others (BDMC's simulated data)."""
+
+    elbo: Figure
+    q: Distribution
+    of: Callable[[Tensor], Distribution]
+
+
 def evaluate_points(
     model: VAE,
     x: Tensor,
@@ -368,36 +382,84 @@ def evaluate_points(
     chosen on the way."""
     metrics: dict[str, float] = {"eval/num_points": x.shape[0]}
     k, chunk = ev.num_samples, ev.chunk_size
-    batches = list(range(0, x.shape[0], batch_size))
+    slices = [slice(i, i + batch_size) for i in range(0, x.shape[0], batch_size)]
     with torch.no_grad():
         prior = model.p_z()
+    settings = QStarSettings(
+        lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps,
+        tol=ev.qstar_tol, num_decays=ev.qstar_decays, gradient=ev.qstar_gradient,
+        residual_steps=ev.qstar_residual_steps,
+    )  # fmt: skip
 
-    def elbo_over_batches(q_of: Callable[[slice], Distribution]) -> Figure:
-        parts = [
-            iw_log_px(q_of(s), prior, model.log_likelihood(x[s]), k, chunk).elbo
-            for s in (slice(i, i + batch_size) for i in batches)
-        ]
-        return Estimate.cat(parts).figure()
+    def iw_stage(suffix: str, estimate_of: Callable[[slice], IWEstimate]) -> Figure:
+        """IW log p(x), ESS/K and k-hat as eval/<name><suffix>; the ELBO of the same weights."""
+        with torch.inference_mode():
+            summary = IWLogLikelihood().to(x.device)  # the test stage's: log p(x), ESS/K, k-hat
+            elbo_parts = []
+            for s in slices:
+                estimate = estimate_of(s)
+                summary.update(estimate)
+                elbo_parts.append(estimate.elbo)
+            for name, value in summary.compute().items():
+                stderr = "_stderr" if name.endswith("_stderr") else ""
+                metrics[f"eval/{name.removesuffix('_stderr')}{suffix}{stderr}"] = float(value)
+        return Estimate.cat(elbo_parts).figure()
 
-    with timed(metrics, "iw"), torch.inference_mode():
-        summary = IWLogLikelihood().to(x.device)  # the test stage's: log p(x), ESS/K, k-hat
-        elbo_parts = []
-        for i in batches:
-            estimate = model.iw_estimate(x[i : i + batch_size], k, chunk)
-            summary.update(estimate)
-            elbo_parts.append(estimate.elbo)
-        values = {f"eval/{name}": float(value) for name, value in summary.compute().items()}
-    metrics.update(values)
-    log_px = Figure(values["eval/log_px"], values["eval/log_px_stderr"])
-    elbo_q = Estimate.cat(elbo_parts).figure()
+    def fit_start(family: PosteriorFamily, points: Tensor) -> QStarFit:
+        """q* on the points, started at the better of the encoder's q (or a member of ``family``
+        matching it) and the family's fit to the prior (eval.qstar_init=prior: the latter)."""
+        with torch.no_grad():
+            own = ev.qstar_init == "encoder" and family is model.posterior  # a fallback start
+            steps = min(settings.max_steps, FALLBACK_START_STEPS) if own else settings.max_steps
+            theta0 = prior_theta(family, prior, points.shape[0], replace(settings, max_steps=steps))
+            if ev.qstar_init == "encoder":
+                near_q = (
+                    model.posterior(model.encoder(points))
+                    if own
+                    else moment_matched_theta(family, model.q(points), theta0)
+                )
+                theta0 = qstar_start(family, prior, model.log_likelihood(points), [near_q, theta0])
+        rows_likelihood = lambda rows: model.log_likelihood(points[rows])  # noqa: E731
+        return fit_qstar(family, prior, rows_likelihood, theta0, settings, progress=True)
+
+    with timed(metrics, "iw"):
+        elbo_q = iw_stage("", lambda s: model.iw_estimate(x[s], k, chunk))
+    log_px = Figure(metrics["eval/log_px"], metrics["eval/log_px_stderr"])
     put(metrics, "elbo", elbo_q)
     warn_if_unreliable("eval", metrics["eval/psis_khat_bad"], "eval.num_samples")
 
-    with timed(metrics, "ais"):
+    # q* in each family: ELBO(q*), and IW with q* as the proposal from the same weights
+    with torch.no_grad():
+        starts = {"": Start(elbo_q, model.q(x), model.q)}  # AIS's candidate starts
+    qstar: dict[str, tuple[Figure, Figure]] = {}  # suffix -> ELBO(q*), its residual
+    for family, suffix in families:
+        with timed(metrics, f"qstar{suffix}"):
+            fit = fit_start(family, x)
+            elbo_qstar = iw_stage(
+                f"_qstar{suffix}",
+                lambda s, f=family, t=fit.theta: iw_log_px(
+                    f.distribution(t[s]), prior, model.log_likelihood(x[s]), k, chunk
+                ),
+            )
+            rows_likelihood = lambda rows: model.log_likelihood(x[rows])  # noqa: E731
+            residual = qstar_residual(family, prior, rows_likelihood, fit, settings, k, chunk)
+        put(metrics, f"elbo_qstar{suffix}", elbo_qstar)
+        put(metrics, f"qstar_residual{suffix}", residual.figure())
+        metrics[f"eval/qstar_converged{suffix}"] = float(fit.converged.double().mean())
+        metrics[f"eval/qstar_steps{suffix}"] = fit.steps
+        qstar[suffix] = elbo_qstar, residual.figure()
         with torch.no_grad():
-            q = model.q(x)
+            starts[f"_qstar{suffix}"] = Start(
+                elbo_qstar,
+                family.distribution(fit.theta),
+                lambda points, f=family: f.distribution(fit_start(f, points).theta),
+            )
+
+    # AIS from the start with the best ELBO: q* wherever it was fitted (eval.ais_start=best)
+    start = "" if ev.ais_start == "encoder" else max(starts, key=lambda s: starts[s].elbo.value)
+    with timed(metrics, "ais"):
         ais = ais_log_px(
-            q, prior, model.log_likelihood(x), ev.ais_steps, ev.ais_chains,
+            starts[start].q, prior, model.log_likelihood(x), ev.ais_steps, ev.ais_chains,
             leapfrog_steps=ev.ais_leapfrog_steps, pilot_chains=ev.ais_pilot_chains,
             progress=True,
         )  # fmt: skip
@@ -408,21 +470,30 @@ def evaluate_points(
     metrics["eval/ais_ess_fraction"] = float(ais.ess_fraction.mean())
     biased = warn_if_biased(log_px_ais, metrics["eval/log_px_ais_bias"],
                             metrics["eval/ais_ess_fraction"])  # fmt: skip
-    far = metrics["eval/psis_khat_bad"] > 0  # q far from the posterior at some points
+    start_khat_bad = metrics[f"eval/psis_khat_bad{start}"]
+    far = start_khat_bad > 0  # AIS's start far from the posterior at some points
     if far and not biased and not ev.bdmc:
         log.warning(
-            "eval/log_px_ais: q is far from the posterior at %.0f%% of the points (IW's k-hat "
-            "> 0.7), where AIS's bias can exceed its stderr unseen by the jackknife; certify "
-            "it with eval.bdmc=true (ais_reliable = 0 until then)",
-            100 * metrics["eval/psis_khat_bad"],
+            "eval/log_px_ais: its start q is far from the posterior at %.0f%% of the points "
+            "(IW's k-hat > 0.7), where AIS's bias can exceed its stderr unseen by the "
+            "jackknife; certify it with eval.bdmc=true (ais_reliable = 0 until then)",
+            100 * start_khat_bad,
         )  # fmt: skip
     metrics["eval/ais_reliable"] = float(not biased and not far)
-    best = max(log_px, log_px_ais, key=lambda f: f.value)
+
+    estimates = {"IW": log_px, "AIS": log_px_ais}
+    estimates |= {
+        f"IW from q*{suffix}": Figure(
+            metrics[f"eval/log_px_qstar{suffix}"], metrics[f"eval/log_px_qstar{suffix}_stderr"]
+        )
+        for suffix in qstar
+    }
+    best = max(estimates.values(), key=lambda f: f.value)
     put(metrics, "log_px_best", best)
     if log_px.value - log_px_ais.value > AIS_SHORTFALL_NATS:
         log.warning(
             "AIS (%.2f) is %.1f nats below IW (%.2f): its annealing is too short for this "
-            "model; raise eval.ais_steps (log_px_best is IW's)",
+            "model; raise eval.ais_steps (log_px_best is the best of IW's)",
             log_px_ais.value, log_px.value - log_px_ais.value, log_px.value,
         )  # fmt: skip
 
@@ -432,49 +503,21 @@ def evaluate_points(
         exact = float(ppca.marginal().log_prob(x.double()).mean())
         metrics["eval/log_px_exact"] = exact
         reference = Figure(exact, 0.0)
-
-    settings = QStarSettings(
-        lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps,
-        tol=ev.qstar_tol, num_decays=ev.qstar_decays, gradient=ev.qstar_gradient,
-        residual_steps=ev.qstar_residual_steps,
-    )  # fmt: skip
-    init = ev.qstar_init
-
-    def qstar_stage(family: PosteriorFamily, suffix: str) -> None:
-        with timed(metrics, f"qstar{suffix}"):
-            with torch.no_grad():
-                own = init == "encoder" and family is model.posterior  # a fallback start only
-                steps = min(settings.max_steps, FALLBACK_START_STEPS) if own else settings.max_steps
-                theta0 = prior_theta(family, prior, x.shape[0], replace(settings, max_steps=steps))
-                if init == "encoder":
-                    near_q = (
-                        model.posterior(model.encoder(x))
-                        if own
-                        else moment_matched_theta(family, model.q(x), theta0)
-                    )
-                    theta0 = qstar_start(family, prior, model.log_likelihood(x), [near_q, theta0])
-            rows_likelihood = lambda rows: model.log_likelihood(x[rows])  # noqa: E731
-            fit = fit_qstar(family, prior, rows_likelihood, theta0, settings, progress=True)
-            with torch.inference_mode():
-                elbo_qstar = elbo_over_batches(lambda s: family.distribution(fit.theta[s]))
-            residual = qstar_residual(family, prior, rows_likelihood, fit, settings, k, chunk)
-        put(metrics, f"elbo_qstar{suffix}", elbo_qstar)
-        put(metrics, f"qstar_residual{suffix}", residual.figure())
-        metrics[f"eval/qstar_converged{suffix}"] = float(fit.converged.double().mean())
-        metrics[f"eval/qstar_steps{suffix}"] = fit.steps
+    for suffix, (elbo_qstar, residual) in qstar.items():
         for name, figure in gap_split(reference, elbo_qstar, elbo_q).items():
             put(metrics, f"{name}{suffix}" if name != "inference_gap" else name, figure)
-        gap_stderr = metrics[f"eval/approximation_gap{suffix}_stderr"]
-        warn_if_residual_matters(residual.figure(), gap_stderr)
-
-    for family, suffix in families:
-        qstar_stage(family, suffix)
+        warn_if_residual_matters(residual, metrics[f"eval/approximation_gap{suffix}_stderr"])
     if ev.bdmc:
         with timed(metrics, "bdmc"):
-            metrics.update(bdmc_metrics(model, ev, log_px_ais.stderr))
+            metrics.update(bdmc_metrics(model, ev, starts[start].of, log_px_ais.stderr))
         certified = bool(metrics["eval/bdmc_certified"])
         metrics["eval/ais_reliable"] = float(not biased and certified)
-    chosen = {"qstar_init": init, "gap_reference": "exact" if ppca is not None else "best"}
+    chosen = {
+        "qstar_init": ev.qstar_init,
+        "ais_start": "encoder" if start == "" else start.lstrip("_"),
+        "gap_reference": "exact" if ppca is not None else "best",
+        "log_px_best": next(name for name, f in estimates.items() if f is best),
+    }
     return metrics, chosen
 
 

@@ -16,10 +16,12 @@ class IWLogLikelihood(Metric):
     """Mean IW log p^(x) over datapoints with its standard error (``vae_lab.estimate``), the
     mean ESS and ESS/K, and the PSIS diagnostic: the mean Pareto k-hat of the weights and the
     fraction of datapoints with k-hat > 0.7, whose IW estimate is unreliable (``vae_lab.psis``).
+    A datapoint whose largest weights are all equal (q is its posterior to float precision)
+    has no tail to fit and a NaN k-hat: it counts as reliable and is left out of the mean.
     """
 
     full_state_update = False
-    SUMS = ("log_px", "variance", "ess", "ess_fraction", "khat", "khat_bad", "count")
+    SUMS = ("log_px", "variance", "ess", "ess_fraction", "khat", "khat_count", "khat_bad", "count")
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,7 +33,8 @@ class IWLogLikelihood(Metric):
         self.variance += estimate.log_px.variance.double().sum()
         self.ess += estimate.ess.double().sum()
         self.ess_fraction += estimate.ess.double().sum() / estimate.num_samples
-        self.khat += estimate.khat.double().sum()
+        self.khat += estimate.khat.double().nansum()
+        self.khat_count += (~estimate.khat.isnan()).sum()
         self.khat_bad += (estimate.khat > KHAT_BAD).double().sum()
         self.count += estimate.ess.numel()
 
@@ -42,7 +45,7 @@ class IWLogLikelihood(Metric):
             "log_px_stderr": torch.tensor(figure.stderr),
             "ess": self.ess / self.count,
             "ess_fraction": self.ess_fraction / self.count,
-            "psis_khat": self.khat / self.count,
+            "psis_khat": self.khat / self.khat_count,
             "psis_khat_bad": self.khat_bad / self.count,
         }
 

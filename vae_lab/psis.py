@@ -54,7 +54,8 @@ def generalized_pareto_shape(x: Tensor) -> Tensor:
 
 
 def pareto_khat(top_log_weights: Tensor) -> Tensor:
-    """k-hat per datapoint from its M + 1 largest log-weights, [M + 1, B] in any order, [B]."""
+    """k-hat per datapoint from its M + 1 largest log-weights, [M + 1, B] in any order, [B];
+    NaN where they are all equal (no tail to fit: ArviZ refuses such weights)."""
     top = top_log_weights.double().sort(0).values
     shifted = top - top[-1]
     exceedances = (shifted[1:].exp() - shifted[0].exp()).T.clamp_min(0.0)
