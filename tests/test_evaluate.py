@@ -173,37 +173,31 @@ def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
 
 
 def test_a_50d_run_with_a_poor_encoder_is_estimated_from_qstar(tmp_path):
-    """A 50-D PPCA run trained 500 steps: its encoder's q is far from the posterior (IW's k-hat
-    flags most points), so AIS starts from q*, the posterior itself here. AIS and IW with q* as
-    the proposal agree with the exact log p(x) within their stated errors, AIS is reliable by
-    its start's k-hat, and BDMC from q* (fitted on the simulated data) brackets exact."""
+    """A 50-D PPCA run trained 20 steps: its encoder's q is tens of nats from the posterior
+    (IW's k-hat flags most points) and the data far from what the model expects. q* reaches the
+    exact posterior all the same (before it started at the encoder's mean, 4% of the points
+    stayed 3 to 10 nats away), AIS starts from it, and AIS and IW with q* as the proposal agree
+    with the exact log p(x) within their stated errors, and AIS is reliable by its start's
+    k-hat. (BDMC at this size: tests/test_ppca_sizes.py.)"""
     overrides = [
         "data=linear_gaussian", "likelihood=gaussian", "posterior=full_cov", "model=linear",
-        "latent_dim=10", "data.data_dim=50", "data.num_train=2000", "data.num_test=100",
-        "trainer.max_epochs=25", "optim.lr=0.01", "trainer.limit_train_batches=null",
+        "latent_dim=10", "data.data_dim=50", "data.num_train=1000", "data.num_test=100",
+        "trainer.max_epochs=2", "optim.lr=0.01", "trainer.limit_train_batches=null",
     ]  # fmt: skip
     run_dir = train(tmp_path / "run", overrides)
     record = main([
         f"run_dir={run_dir}", "eval.gap_points=null", "eval.num_samples=1000",
         "eval.chunk_size=1000", "eval.ais_steps=50", "eval.ais_chains=8",
-        "eval.ais_leapfrog_steps=5", "eval.bdmc=true", "eval.bdmc_points=50",
+        "eval.ais_leapfrog_steps=5",
     ])  # fmt: skip
-    exact, simulated = record["eval/log_px_exact"], record["eval/log_px_bdmc_exact"]
-    # the log-weights are float32: a rounding error of about eps |log p(x)| that no stderr
-    # (Monte Carlo noise) covers, and that q* = the posterior brings within reach here
-    rounding = torch.finfo(torch.float32).eps * abs(exact)
+    exact = record["eval/log_px_exact"]
     assert record["eval/psis_khat_bad"] > 0.5  # the encoder's IW is flagged
     assert record["ais_start"] == "qstar" and record["eval/psis_khat_bad_qstar"] == 0
     for name in ("eval/log_px_qstar", "eval/log_px_ais"):
-        assert abs(record[name] - exact) < 3 * record[f"{name}_stderr"] + rounding, name
-    assert record["eval/ais_reliable"] == 1.0 and record["eval/bdmc_certified"] == 1.0
+        assert abs(record[name] - exact) < 3 * record[f"{name}_stderr"], name
+    assert record["eval/ais_reliable"] == 1.0
     assert abs(record["eval/approximation_gap"]) < 0.003
     assert record["eval/amortization_gap"] > 1.0  # the encoder is far from q*
-    lower, upper = (
-        (record[f"eval/log_px_bdmc_{side}"], record[f"eval/log_px_bdmc_{side}_stderr"])
-        for side in ("lower", "upper")
-    )
-    assert lower[0] - 3 * lower[1] - rounding < simulated < upper[0] + 3 * upper[1] + rounding
 
 
 def test_a_cross_family_qstar_through_untrained_shared_networks_is_flagged(caplog):

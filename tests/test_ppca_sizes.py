@@ -145,7 +145,7 @@ def test_qstar_reaches_the_analytic_approximation_gap(size):
     assert 0 <= gap - analytic < 0.003
 
 
-@pytest.mark.parametrize("size", [WELL, pytest.param(LARGE, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("size", [WELL, LARGE])
 def test_bdmc_brackets_the_exact_log_px(size):
     torch.manual_seed(0)
     model, ppca, _ = ppca_vae(size)

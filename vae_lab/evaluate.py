@@ -82,6 +82,7 @@ from vae_lab.gaps import (
     QStarSettings,
     fit_qstar,
     gap_split,
+    mean_moved_theta,
     moment_matched_theta,
     prior_theta,
     qstar_residual,
@@ -406,8 +407,9 @@ def evaluate_points(
         return Estimate.cat(elbo_parts).figure()
 
     def fit_start(family: PosteriorFamily, points: Tensor) -> QStarFit:
-        """q* on the points, started at the better of the encoder's q (or a member of ``family``
-        matching it) and the family's fit to the prior (eval.qstar_init=prior: the latter)."""
+        """q* on the points, started at the best of the encoder's q (or a member of ``family``
+        matching it), the family's fit to the prior, and that fit moved to the encoder's mean
+        (vae_lab.gaps; eval.qstar_init=prior: the fit to the prior)."""
         with torch.no_grad():
             own = ev.qstar_init == "encoder" and family is model.posterior  # a fallback start
             steps = min(settings.max_steps, FALLBACK_START_STEPS) if own else settings.max_steps
@@ -418,7 +420,9 @@ def evaluate_points(
                     if own
                     else moment_matched_theta(family, model.q(points), theta0)
                 )
-                theta0 = qstar_start(family, prior, model.log_likelihood(points), [near_q, theta0])
+                moved = mean_moved_theta(theta0, near_q, family.latent_dim)
+                candidates = [near_q, theta0, moved]
+                theta0 = qstar_start(family, prior, model.log_likelihood(points), candidates)
         rows_likelihood = lambda rows: model.log_likelihood(points[rows])  # noqa: E731
         return fit_qstar(family, prior, rows_likelihood, theta0, settings, progress=True)
 
