@@ -497,7 +497,7 @@ def evaluate_points(
     if log_px.value - log_px_ais.value > AIS_SHORTFALL_NATS:
         log.warning(
             "AIS (%.2f) is %.1f nats below IW (%.2f): its annealing is too short for this "
-            "model; raise eval.ais_steps (log_px_best is the best of IW's)",
+            "model; raise eval.ais_steps (log_px_best is not AIS's)",
             log_px_ais.value, log_px.value - log_px_ais.value, log_px.value,
         )  # fmt: skip
 
