@@ -181,7 +181,7 @@ def test_a_50d_run_with_a_poor_encoder_is_estimated_from_qstar(tmp_path):
     k-hat. (BDMC at this size: tests/test_ppca_sizes.py.)"""
     overrides = [
         "data=linear_gaussian", "likelihood=gaussian", "posterior=full_cov", "model=linear",
-        "latent_dim=10", "data.data_dim=50", "data.num_train=1000", "data.num_test=100",
+        "latent_dim=10", "data.data_dim=50", "data.num_train=1000", "data.num_test=50",
         "trainer.max_epochs=2", "optim.lr=0.01", "trainer.limit_train_batches=null",
     ]  # fmt: skip
     run_dir = train(tmp_path / "run", overrides)
