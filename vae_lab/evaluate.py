@@ -74,7 +74,7 @@ from vae_lab.build import build_datamodule, build_model
 from vae_lab.console import quiet_third_parties
 from vae_lab.data import InMemoryDataModule
 from vae_lab.data.linear_gaussian import ppca_of
-from vae_lab.elbo import IWEstimate, iw_log_px
+from vae_lab.elbo import IWEstimate, LogLikelihood, iw_log_px
 from vae_lab.estimate import Estimate, Figure
 from vae_lab.gaps import (
     FALLBACK_START_STEPS,
@@ -392,8 +392,9 @@ def evaluate_points(
         residual_steps=ev.qstar_residual_steps,
     )  # fmt: skip
 
-    def iw_stage(suffix: str, estimate_of: Callable[[slice], IWEstimate]) -> Figure:
-        """IW log p(x), ESS/K and k-hat as eval/<name><suffix>; the ELBO of the same weights."""
+    def iw_stage(suffix: str, estimate_of: Callable[[slice], IWEstimate]) -> tuple[Figure, Figure]:
+        """IW log p(x), ESS/K and k-hat as eval/<name><suffix>; the IW log p(x) and the ELBO
+        of the same weights."""
         with torch.inference_mode():
             summary = IWLogLikelihood().to(x.device)  # the test stage's: log p(x), ESS/K, k-hat
             elbo_parts = []
@@ -404,7 +405,11 @@ def evaluate_points(
             for name, value in summary.compute().items():
                 stderr = "_stderr" if name.endswith("_stderr") else ""
                 metrics[f"eval/{name.removesuffix('_stderr')}{suffix}{stderr}"] = float(value)
-        return Estimate.cat(elbo_parts).figure()
+        log_px = Figure(metrics[f"eval/log_px{suffix}"], metrics[f"eval/log_px{suffix}_stderr"])
+        return log_px, Estimate.cat(elbo_parts).figure()
+
+    def rows_of(points: Tensor) -> Callable[[Tensor], LogLikelihood]:
+        return lambda rows: model.log_likelihood(points[rows])
 
     def fit_start(family: PosteriorFamily, points: Tensor) -> QStarFit:
         """q* on the points, started at the best of the encoder's q (or a member of ``family``
@@ -423,35 +428,32 @@ def evaluate_points(
                 moved = mean_moved_theta(theta0, near_q, family.latent_dim)
                 candidates = [near_q, theta0, moved]
                 theta0 = qstar_start(family, prior, model.log_likelihood(points), candidates)
-        rows_likelihood = lambda rows: model.log_likelihood(points[rows])  # noqa: E731
-        return fit_qstar(family, prior, rows_likelihood, theta0, settings, progress=True)
+        return fit_qstar(family, prior, rows_of(points), theta0, settings, progress=True)
 
     with timed(metrics, "iw"):
-        elbo_q = iw_stage("", lambda s: model.iw_estimate(x[s], k, chunk))
-    log_px = Figure(metrics["eval/log_px"], metrics["eval/log_px_stderr"])
+        log_px, elbo_q = iw_stage("", lambda s: model.iw_estimate(x[s], k, chunk))
     put(metrics, "elbo", elbo_q)
     warn_if_unreliable("eval", metrics["eval/psis_khat_bad"], "eval.num_samples")
 
     # q* in each family: ELBO(q*), and IW with q* as the proposal from the same weights
     with torch.no_grad():
         starts = {"": Start(elbo_q, model.q(x), model.q)}  # AIS's candidate starts
-    qstar: dict[str, tuple[Figure, Figure]] = {}  # suffix -> ELBO(q*), its residual
+    qstar: dict[str, tuple[Figure, Figure, Figure]] = {}  # suffix -> IW, ELBO(q*), residual
     for family, suffix in families:
         with timed(metrics, f"qstar{suffix}"):
             fit = fit_start(family, x)
-            elbo_qstar = iw_stage(
+            log_px_qstar, elbo_qstar = iw_stage(
                 f"_qstar{suffix}",
                 lambda s, f=family, t=fit.theta: iw_log_px(
                     f.distribution(t[s]), prior, model.log_likelihood(x[s]), k, chunk
                 ),
             )
-            rows_likelihood = lambda rows: model.log_likelihood(x[rows])  # noqa: E731
-            residual = qstar_residual(family, prior, rows_likelihood, fit, settings, k, chunk)
+            residual = qstar_residual(family, prior, rows_of(x), fit, settings, k, chunk)
         put(metrics, f"elbo_qstar{suffix}", elbo_qstar)
         put(metrics, f"qstar_residual{suffix}", residual.figure())
         metrics[f"eval/qstar_converged{suffix}"] = float(fit.converged.double().mean())
         metrics[f"eval/qstar_steps{suffix}"] = fit.steps
-        qstar[suffix] = elbo_qstar, residual.figure()
+        qstar[suffix] = log_px_qstar, elbo_qstar, residual.figure()
         with torch.no_grad():
             starts[f"_qstar{suffix}"] = Start(
                 elbo_qstar,
@@ -486,12 +488,7 @@ def evaluate_points(
     metrics["eval/ais_reliable"] = float(not biased and not far)
 
     estimates = {"IW": log_px, "AIS": log_px_ais}
-    estimates |= {
-        f"IW from q*{suffix}": Figure(
-            metrics[f"eval/log_px_qstar{suffix}"], metrics[f"eval/log_px_qstar{suffix}_stderr"]
-        )
-        for suffix in qstar
-    }
+    estimates |= {f"IW from q*{suffix}": figures[0] for suffix, figures in qstar.items()}
     best = max(estimates.values(), key=lambda f: f.value)
     put(metrics, "log_px_best", best)
     if log_px.value - log_px_ais.value > AIS_SHORTFALL_NATS:
@@ -507,7 +504,7 @@ def evaluate_points(
         exact = float(ppca.marginal().log_prob(x.double()).mean())
         metrics["eval/log_px_exact"] = exact
         reference = Figure(exact, 0.0)
-    for suffix, (elbo_qstar, residual) in qstar.items():
+    for suffix, (_, elbo_qstar, residual) in qstar.items():
         for name, figure in gap_split(reference, elbo_qstar, elbo_q).items():
             put(metrics, f"{name}{suffix}" if name != "inference_gap" else name, figure)
         warn_if_residual_matters(residual, metrics[f"eval/approximation_gap{suffix}_stderr"])
