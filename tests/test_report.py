@@ -79,21 +79,18 @@ def test_failed_and_running_runs_are_listed(sweep):
 
 
 def test_evaluated_gaps_get_columns_and_stacked_bars(sweep):
-    make_run(
-        sweep / "5",
-        "iaf",
-        0,
-        **completed(-88.0, -90.0, **{"eval/approximation_gap": 0.5, "eval/amortization_gap": 1.5}),
-    )
+    gaps = {"eval/approximation_gap": 0.5, "eval/amortization_gap": 1.5,
+            "eval/amortization_gap_refined": 0.7}  # fmt: skip
+    make_run(sweep / "5", "iaf", 0, **completed(-88.0, -90.0, **gaps))
     write_report([sweep])
     report = (sweep / "report.md").read_text()
     assert (
         report.split("\n\n")[2]
         .splitlines()[0]
-        .endswith("| inference gap | approximation gap | amortization gap |")
+        .endswith("| approximation gap | amortization gap | amortization gap, refined q |")
     )
-    assert rows(report)["iaf"][-2:] == ["0.50", "1.50"]
-    assert rows(report)["gaussian"][-2:] == ["—", "—"]
+    assert rows(report)["iaf"][-3:] == ["0.50", "1.50", "0.70"]
+    assert rows(report)["gaussian"][-3:] == ["—", "—", "—"]
 
 
 def test_a_metric_of_some_runs_only_says_its_n(sweep):

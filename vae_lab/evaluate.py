@@ -14,6 +14,9 @@ these stages, each timed (``eval/time_<stage>_s``):
 
     iw      log p(x) by importance sampling, K = eval.num_samples, and from the same weights
             ELBO(q) of the encoder, ESS/K and the Pareto k-hat (the ELBO core's estimate)
+    refined objective=savae: the same from the q refined per datapoint as in training
+            (eval/elbo_refined, eval/log_px_refined, ...), and its own amortization gap
+            eval/amortization_gap_refined = ELBO(q*) - ELBO(refined q)
     qstar   q*, ELBO(q*) from K samples, and from the same weights IW with q* as the proposal
             (eval/log_px_qstar, its ESS/K and k-hat); qstar_residual (vae_lab.gaps)
     ais     log p(x) by annealed importance sampling (vae_lab.ais) from eval.ais_start: best
@@ -435,6 +438,17 @@ def evaluate_points(
     put(metrics, "elbo", elbo_q)
     warn_if_unreliable("eval", metrics["eval/psis_khat_bad"], "eval.num_samples")
 
+    refines = model.objective.refines  # objective=savae: its refined q beside the encoder's
+    if refines:
+        with timed(metrics, "refined"):
+            theta = torch.cat([model.objective.refined_theta(model, x[s]) for s in slices])
+            log_px_refined, elbo_refined = iw_stage(
+                "_refined",
+                lambda s: iw_log_px(model.posterior.distribution(theta[s]), prior,
+                                    model.log_likelihood(x[s]), k, chunk),
+            )  # fmt: skip
+        put(metrics, "elbo_refined", elbo_refined)
+
     # q* in each family: ELBO(q*), and IW with q* as the proposal from the same weights
     with torch.no_grad():
         starts = {"": Start(elbo_q, model.q(x), model.q)}  # AIS's candidate starts
@@ -488,6 +502,8 @@ def evaluate_points(
     metrics["eval/ais_reliable"] = float(not biased and not far)
 
     estimates = {"IW": log_px, "AIS": log_px_ais}
+    if refines:
+        estimates["IW from the refined q"] = log_px_refined
     estimates |= {f"IW from q*{suffix}": figures[0] for suffix, figures in qstar.items()}
     best = max(estimates.values(), key=lambda f: f.value)
     put(metrics, "log_px_best", best)
@@ -508,6 +524,10 @@ def evaluate_points(
         for name, figure in gap_split(reference, elbo_qstar, elbo_q).items():
             put(metrics, f"{name}{suffix}" if name != "inference_gap" else name, figure)
         warn_if_residual_matters(residual, metrics[f"eval/approximation_gap{suffix}_stderr"])
+    if refines and "" in qstar:
+        _, elbo_qstar, _ = qstar[""]
+        put(metrics, "amortization_gap_refined", elbo_qstar - elbo_refined)
+        put(metrics, "inference_gap_refined", reference - elbo_refined)
     if ev.bdmc:
         with timed(metrics, "bdmc"):
             metrics.update(bdmc_metrics(model, ev, starts[start].of, log_px_ais.stderr))

@@ -58,6 +58,8 @@ class Objective:
     gradients: tuple[str, ...] = ("reparam",)
     #: names of the extra per-datapoint test metrics of ``test_metrics``
     test_metric_names: tuple[str, ...] = ()
+    #: whether inference refines the encoder's q per datapoint (``refined_theta``)
+    refines: bool = False
 
     def __init__(self, gradient: str = "reparam") -> None:
         require("gradient", gradient, one_of(*self.gradients))
@@ -79,6 +81,11 @@ class Objective:
     def test_metrics(self, model: VAE, x: Tensor, num_samples: int) -> dict[str, Tensor]:
         """Extra per-datapoint test metrics ([B] each), logged as ``test/NAME``; none here."""
         return {}
+
+    def refined_theta(self, model: VAE, x: Tensor) -> Tensor:
+        """Where ``refines``: the flat parameters [B, P] of the q(z|x) this objective's
+        inference ends at, which ``evaluate`` reports beside the encoder's q."""
+        raise NotImplementedError(f"{type(self).__name__} does not refine q")
 
 
 def exact_families() -> list[str]:

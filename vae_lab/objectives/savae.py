@@ -16,7 +16,8 @@ decoder held fixed in that term. Every family builds q from a flat theta
 (``PosteriorFamily.distribution``), so every family can be refined.
 
 The test stage reports the refined q as well: ``test/elbo_refined`` and ``test/log_px_refined``
-(its IW estimate with the run's K), so the amortization gap the refinement closes is visible.
+(its IW estimate with the run's K), so the amortization gap the refinement closes is visible;
+``evaluate`` reports the refined q's ELBO, IW estimate and amortization gap (``eval/*_refined``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 class SemiAmortized(Objective):
     test_metric_names = ("elbo_refined", "log_px_refined")
+    refines = True
 
     def __init__(
         self,
@@ -89,10 +91,14 @@ class SemiAmortized(Objective):
 
         return elbo_terms(q, call_frozen(model.prior, "forward", model.encode_base), log_likelihood)
 
-    def test_metrics(self, model: VAE, x: Tensor, num_samples: int) -> dict[str, Tensor]:
+    def refined_theta(self, model: VAE, x: Tensor) -> Tensor:
+        """theta_T of the datapoints x, from the encoder's theta_0, without a graph."""
         with torch.inference_mode(False):  # Lightning tests in inference mode
             x = x.clone()
-            theta = self.refine(model, x, model.posterior(model.encoder(x)), create_graph=False)
+            return self.refine(model, x, model.posterior(model.encoder(x)), create_graph=False)
+
+    def test_metrics(self, model: VAE, x: Tensor, num_samples: int) -> dict[str, Tensor]:
+        theta = self.refined_theta(model, x)
         with torch.no_grad():
             q = model.posterior.distribution(theta)
             elbo = elbo_terms(q, model.p_z(), model.log_likelihood(x)).elbo

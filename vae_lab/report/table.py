@@ -22,13 +22,14 @@ from vae_lab.identity import configuration
 from vae_lab.report.collect import Run, option_rank, with_status
 
 #: (metric, column title); the eval/ gaps appear once `python -m vae_lab.evaluate` has run, the
-#: sample-quality columns where some run has them
+#: refined q's gap and the sample-quality columns where some run has them
 METRICS = (
     ("test/elbo", "ELBO"),
     ("test/log_px", "log p(x)"),
     ("test/inference_gap", "inference gap"),
     ("eval/approximation_gap", "approximation gap"),
     ("eval/amortization_gap", "amortization gap"),
+    ("eval/amortization_gap_refined", "amortization gap, refined q"),  # objective=savae
     # sample quality (vae_lab.sample_quality), where the runs have it
     ("test/fid_recon", "FID recon"),
     ("test/fid_samples", "FID samples"),
