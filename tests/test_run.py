@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO, compose_config
+from vae_lab.build import build_datamodule, build_model
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
 
@@ -27,6 +29,8 @@ def test_shrunk_run_writes_completed_metrics(tmp_path):
         "test/kl",
         "test/log_px",
         "test/log_px_stderr",
+        "test/elbo_stderr",
+        "test/inference_gap_stderr",
         "test/ess",
         "test/inference_gap",
         "test/active_units",
@@ -46,6 +50,29 @@ def test_shrunk_run_writes_completed_metrics(tmp_path):
     assert metrics["fit_steps"] == 3  # SHRINK: one epoch of 3 batches
     assert 0 < metrics["steps_time_s"] < metrics["fit_time_s"]
     assert metrics["fit_time_s"] + metrics["test_time_s"] < metrics["wall_time_s"]
+
+
+def test_test_elbo_is_the_elbo_of_the_iw_weights_within_its_stderr(tmp_path):
+    """test/elbo is mean_k log w_k of test/log_px's K weights: within its stderr of a
+    20,000-sample ELBO of the same points, and the inference gap is that of one set of draws."""
+    cfg = compose_config(["eval.num_samples=200", "eval.chunk_size=200"])
+    record = execute(cfg, tmp_path, {})
+    model = build_model(cfg, 64)
+    state = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    model.load_state_dict(state)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("test")
+    x = next(iter(datamodule.test_dataloader()))  # limit_test_batches=1
+    with torch.no_grad():
+        reference = model.iw_estimate(x, 20000, 1000).elbo
+    stderr = math.hypot(record["test/elbo_stderr"], reference.figure().stderr)
+    assert abs(record["test/elbo"] - reference.figure().value) < 3 * stderr
+    assert record["test/recon"] - record["test/kl"] == pytest.approx(record["test/elbo"])
+    gap = record["test/log_px"] - record["test/elbo"]
+    assert record["test/inference_gap"] == pytest.approx(gap) and gap > 0  # Jensen, per draw
+    assert record["test/inference_gap_stderr"] == pytest.approx(
+        math.hypot(record["test/log_px_stderr"], record["test/elbo_stderr"])
+    )
 
 
 def test_failed_run_is_recorded_with_its_error(tmp_path):

@@ -78,7 +78,7 @@ from vae_lab.console import quiet_third_parties
 from vae_lab.data import InMemoryDataModule
 from vae_lab.data.linear_gaussian import ppca_of
 from vae_lab.elbo import IWEstimate, LogLikelihood, iw_log_px
-from vae_lab.estimate import Estimate, Figure
+from vae_lab.estimate import Figure
 from vae_lab.gaps import (
     FALLBACK_START_STEPS,
     QStarFit,
@@ -396,20 +396,20 @@ def evaluate_points(
     )  # fmt: skip
 
     def iw_stage(suffix: str, estimate_of: Callable[[slice], IWEstimate]) -> tuple[Figure, Figure]:
-        """IW log p(x), ESS/K and k-hat as eval/<name><suffix>; the IW log p(x) and the ELBO
-        of the same weights."""
+        """IW log p(x), the ELBO of the same weights, ESS/K and k-hat as
+        eval/<name><suffix>; the IW log p(x) and the ELBO as figures."""
         with torch.inference_mode():
-            summary = IWLogLikelihood().to(x.device)  # the test stage's: log p(x), ESS/K, k-hat
-            elbo_parts = []
+            summary = IWLogLikelihood().to(x.device)  # the test stage's figures
             for s in slices:
-                estimate = estimate_of(s)
-                summary.update(estimate)
-                elbo_parts.append(estimate.elbo)
+                summary.update(estimate_of(s))
             for name, value in summary.compute().items():
                 stderr = "_stderr" if name.endswith("_stderr") else ""
                 metrics[f"eval/{name.removesuffix('_stderr')}{suffix}{stderr}"] = float(value)
-        log_px = Figure(metrics[f"eval/log_px{suffix}"], metrics[f"eval/log_px{suffix}_stderr"])
-        return log_px, Estimate.cat(elbo_parts).figure()
+        log_px, elbo = (
+            Figure(metrics[f"eval/{name}{suffix}"], metrics[f"eval/{name}{suffix}_stderr"])
+            for name in ("log_px", "elbo")
+        )
+        return log_px, elbo
 
     def rows_of(points: Tensor) -> Callable[[Tensor], LogLikelihood]:
         return lambda rows: model.log_likelihood(points[rows])
@@ -435,7 +435,6 @@ def evaluate_points(
 
     with timed(metrics, "iw"):
         log_px, elbo_q = iw_stage("", lambda s: model.iw_estimate(x[s], k, chunk))
-    put(metrics, "elbo", elbo_q)
     warn_if_unreliable("eval", metrics["eval/psis_khat_bad"], "eval.num_samples")
 
     refines = model.objective.refines  # objective=savae: its refined q beside the encoder's
@@ -447,7 +446,6 @@ def evaluate_points(
                 lambda s: iw_log_px(model.posterior.distribution(theta[s]), prior,
                                     model.log_likelihood(x[s]), k, chunk),
             )  # fmt: skip
-        put(metrics, "elbo_refined", elbo_refined)
 
     # q* in each family: ELBO(q*), and IW with q* as the proposal from the same weights
     with torch.no_grad():
@@ -463,7 +461,6 @@ def evaluate_points(
                 ),
             )
             residual = qstar_residual(family, prior, rows_of(x), fit, settings, k, chunk)
-        put(metrics, f"elbo_qstar{suffix}", elbo_qstar)
         put(metrics, f"qstar_residual{suffix}", residual.figure())
         metrics[f"eval/qstar_converged{suffix}"] = float(fit.converged.double().mean())
         metrics[f"eval/qstar_steps{suffix}"] = fit.steps

@@ -14,14 +14,16 @@ from vae_lab.psis import KHAT_BAD
 
 class IWLogLikelihood(Metric):
     """Mean IW log p^(x) over datapoints with its standard error (``vae_lab.estimate``), the
-    mean ESS and ESS/K, and the PSIS diagnostic: the mean Pareto k-hat of the weights and the
-    fraction of datapoints with k-hat > 0.7, whose IW estimate is unreliable (``vae_lab.psis``).
+    ELBO of the same weights (mean_k log w_k) with its standard error, the mean ESS and ESS/K,
+    and the PSIS diagnostic: the mean Pareto k-hat of the weights and the fraction of
+    datapoints with k-hat > 0.7, whose IW estimate is unreliable (``vae_lab.psis``).
     A datapoint whose largest weights are all equal (q is its posterior to float precision)
     has no tail to fit and a NaN k-hat: it counts as reliable and is left out of the mean.
     """
 
     full_state_update = False
-    SUMS = ("log_px", "variance", "ess", "ess_fraction", "khat", "khat_count", "khat_bad", "count")
+    SUMS = ("log_px", "variance", "elbo", "elbo_variance", "ess", "ess_fraction", "khat",
+            "khat_count", "khat_bad", "count")  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,6 +33,8 @@ class IWLogLikelihood(Metric):
     def update(self, estimate: IWEstimate) -> None:
         self.log_px += estimate.log_px.value.double().sum()
         self.variance += estimate.log_px.variance.double().sum()
+        self.elbo += estimate.elbo.value.double().sum()
+        self.elbo_variance += estimate.elbo.variance.double().sum()
         self.ess += estimate.ess.double().sum()
         self.ess_fraction += estimate.ess.double().sum() / estimate.num_samples
         self.khat += estimate.khat.double().nansum()
@@ -40,9 +44,12 @@ class IWLogLikelihood(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         figure = Figure.of_sums(self.log_px, self.variance, self.count)
+        elbo = Figure.of_sums(self.elbo, self.elbo_variance, self.count)
         return {
             "log_px": torch.tensor(figure.value),
             "log_px_stderr": torch.tensor(figure.stderr),
+            "elbo": torch.tensor(elbo.value),
+            "elbo_stderr": torch.tensor(elbo.stderr),
             "ess": self.ess / self.count,
             "ess_fraction": self.ess_fraction / self.count,
             "psis_khat": self.khat / self.khat_count,
