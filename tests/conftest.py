@@ -10,8 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from vae_lab.build import build_datamodule, build_model
+from vae_lab.data import InMemoryDataModule
+from vae_lab.module import VAE
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -36,6 +41,15 @@ SHRINK = [
 def options(group: str) -> list[str]:
     """The options of a config group: the files of ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def checkpoint_model(cfg: DictConfig, ckpt: Path) -> tuple[VAE, InMemoryDataModule]:
+    """The model of ``cfg`` with a checkpoint's weights (on the CPU), and its set-up data."""
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    model = build_model(cfg, datamodule.data_dim)
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    return model, datamodule
 
 
 def compose_config(overrides: list[str] = (), shrink: bool = True) -> DictConfig:

@@ -15,10 +15,9 @@ import os
 import pytest
 import torch
 
-from tests.conftest import SHRINK, compose_config
+from tests.conftest import SHRINK, checkpoint_model, compose_config
 from tests.test_distributed import TEST_METRICS, _test_metrics
 from tests.test_records import csv_rows, run_cli
-from vae_lab.build import build_datamodule, build_model
 from vae_lab.elbo import reparameterize
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
@@ -43,10 +42,7 @@ def test_draw_free_quantities_on_cuda_equal_the_cpus(ckpt):
     """Given the same noise, the log-weights of every posterior's hot path agree to float
     tolerance between the devices, and so does the analytic KL."""
     cfg = compose_config()
-    datamodule = build_datamodule(cfg)
-    datamodule.setup()
-    model = build_model(cfg, datamodule.data_dim)
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    model, datamodule = checkpoint_model(cfg, ckpt)
     x = torch.bernoulli(datamodule.splits[2][:50], generator=torch.Generator().manual_seed(0))
     eps = torch.randn(7, 50, cfg.latent_dim, generator=torch.Generator().manual_seed(1))
 

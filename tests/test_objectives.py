@@ -14,10 +14,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF_DIR, compose_config, options, report_cli
+from tests.conftest import CONF_DIR, checkpoint_model, compose_config, options, report_cli
 from tests.test_linear_gaussian import known_ppca_vae, linear_config
 from tests.test_sweeps import run_sweep, table_rows
-from vae_lab.build import build_datamodule, build_model
+from vae_lab.build import build_model
 from vae_lab.elbo import elbo_terms
 from vae_lab.objectives import ELBO, IWAE, Objective, SemiAmortized
 from vae_lab.posteriors.gaussian import MIN_SCALE
@@ -206,11 +206,7 @@ def test_refined_q_has_a_higher_elbo_on_every_batch_of_a_trained_model(tmp_path)
     assert record["test/elbo_refined"] > record["test/elbo"]
     assert math.isfinite(record["test/log_px_refined"])
 
-    model = build_model(cfg, 64)
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    model.load_state_dict(state)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("test")
+    model, datamodule = checkpoint_model(cfg, tmp_path / "checkpoints" / "last.ckpt")
     torch.manual_seed(0)
     for x in datamodule.test_dataloader():
         theta0 = model.posterior(model.encoder(x))

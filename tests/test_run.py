@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, compose_config
-from vae_lab.build import build_datamodule, build_model
+from tests.conftest import REPO, checkpoint_model, compose_config
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
 
@@ -57,11 +56,7 @@ def test_test_elbo_is_the_elbo_of_the_iw_weights_within_its_stderr(tmp_path):
     20,000-sample ELBO of the same points, and the inference gap is that of one set of draws."""
     cfg = compose_config(["eval.num_samples=200", "eval.chunk_size=200"])
     record = execute(cfg, tmp_path, {})
-    model = build_model(cfg, 64)
-    state = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
-    model.load_state_dict(state)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("test")
+    model, datamodule = checkpoint_model(cfg, tmp_path / "checkpoints" / "best.ckpt")
     x = next(iter(datamodule.test_dataloader()))  # limit_test_batches=1
     with torch.no_grad():
         reference = model.iw_estimate(x, 20000, 1000).elbo
