@@ -123,7 +123,11 @@ def rsample_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Te
     if hasattr(q, "rsample_and_log_prob"):
         return q.rsample_and_log_prob((num_samples,))
     reparam = reparameterize(q)
-    eps = reparam.noise.rsample((num_samples,))
+    return push_forward_with_log_prob(reparam, reparam.noise.rsample((num_samples,)))
+
+
+def push_forward_with_log_prob(reparam: Reparameterization, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """z = T(eps) and log q(z) = log q0(eps) - log |det dT/deps| for given noise eps."""
     z, log_det = reparam.push_forward(eps)
     return z, reparam.noise.log_prob(eps) - log_det
 
@@ -172,6 +176,20 @@ def log_importance_weights(
     return log_likelihood(z) + prior.log_prob(z) - log_q, z
 
 
+def log_weights_of_noise(
+    q: Distribution, prior: Distribution, log_likelihood: LogLikelihood, eps: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``log_importance_weights`` of the z_k = T(eps_k) made from given noise eps [S, B, D] of
+    ``reparameterize(q).noise``: a function of tensors alone, which ``torch.compile`` can fuse
+    (``vae_lab.fast_eval``) while the noise is drawn outside it, as the eager path draws it."""
+    z, log_q = push_forward_with_log_prob(reparameterize(q), eps)
+    return log_likelihood(z) + prior.log_prob(z) - log_q, z
+
+
+#: n -> (log w [n, B], z [n, B, D]) for n fresh importance samples of each datapoint
+LogWeights = Callable[[int], tuple[Tensor, Tensor]]
+
+
 @dataclass
 class IWEstimate:
     """What K importance weights per datapoint say, each [B] unless noted.
@@ -197,7 +215,15 @@ def iw_log_px(
     num_samples: int,
     chunk_size: int,
 ) -> IWEstimate:
-    """log p^(x) with K = ``num_samples`` importance samples drawn ``chunk_size`` at a time.
+    """log p^(x) with K = ``num_samples`` importance samples drawn ``chunk_size`` at a time
+    from q (``iw_of_weights``)."""
+    return iw_of_weights(
+        lambda n: log_importance_weights(q, prior, log_likelihood, n), num_samples, chunk_size
+    )
+
+
+def iw_of_weights(log_weights: LogWeights, num_samples: int, chunk_size: int) -> IWEstimate:
+    """What K = ``num_samples`` log-weights say, drawn ``chunk_size`` at a time.
 
     The running state per datapoint is the maximum m of the log-weights seen so far and the
     sums s1 = sum_k exp(log w_k - m), s2 = sum_k exp(2 (log w_k - m)), rescaled when m grows;
@@ -210,7 +236,7 @@ def iw_log_px(
     done = 0
     while done < num_samples:
         n = min(chunk_size, num_samples - done)
-        log_w, z = log_importance_weights(q, prior, log_likelihood, n)
+        log_w, z = log_weights(n)
         log_w = log_w.double()
         chunk_max = log_w.max(0).values
         if done == 0:

@@ -1,5 +1,5 @@
 """Speed settings of the evaluation: the default chunk of importance samples per device, and
-log p(x|z) through ``torch.compile``.
+the estimates through ``torch.compile``.
 
 Chunk size (``eval.chunk_size: null``). The IW estimate draws ``chunk`` samples per datapoint
 at a time, so chunk x batch samples are in flight, each with a row of decoder logits. A CPU is
@@ -8,17 +8,24 @@ bound by its cache: 50 per datapoint (5,000 rows of 784 MNIST logits, 16 MB, wit
 width is filled: ``GPU_SAMPLES_IN_FLIGHT`` samples at once (2^18 rows of 784 float32 logits are
 0.8 GB a buffer) amortise them.
 
-Compilation (``eval.compile: true``). The decoder and the likelihood's log-density, compiled
-together, run as fused kernels instead of one pass over memory per elementwise step. It is used
-where no gradient is taken (the IW estimate, the ELBO of q and of q*, the test stage); AIS and
-the fit of q* differentiate through log p(x|z) and stay eager. Each new input shape compiles
-anew; ``seconds`` is the wall time of the calls that compiled, compilation included.
+Compilation (``eval.compile: true``). Where no gradient is taken, the estimates run through
+``torch.compile``, whose fused kernels make one pass over memory where eager PyTorch makes one
+per elementwise step: each chunk's log-weights of the IW estimates (of the encoder's q, the
+refined q and q*, at test and in ``evaluate``: z = T(eps), log q, log p(z), the decoder and
+the likelihood, ``VAE.log_weights``), and log p(x|z) elsewhere (the ELBO of q*). The noise is
+drawn outside the compiled code, so compiled and eager estimates take the same draws and agree
+to float32 rounding. Traced by the compiler, the Bernoulli log-density takes its product form
+(``vae_lab.likelihoods.bernoulli_log_density_by_products``: one log per datapoint instead of a
+log1p per pixel). AIS and the fit of q* differentiate through log p(x|z) and stay eager. Each
+new input shape (and each posterior family) compiles anew; ``seconds`` is the wall time of the
+calls that compiled, compilation included.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,23 +43,24 @@ def default_chunk_size(device: torch.device, batch_size: int) -> int:
     return max(1, GPU_SAMPLES_IN_FLIGHT // batch_size)
 
 
-class CompiledLogLikelihood:
-    """(z, x) -> log p(x|z), ``log_likelihood`` compiled by ``torch.compile``, with the time
-    spent compiling it."""
+class Compiled:
+    """``fn`` through ``torch.compile``, with the wall time of the calls that compiled it
+    (``seconds``): the first call of each new set of input shapes (and of each module passed
+    in, which the compiled code is specialised to)."""
 
-    def __init__(self, log_likelihood: Callable[[Tensor, Tensor], Tensor]) -> None:
-        self.compiled = torch.compile(log_likelihood)
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.compiled = torch.compile(fn)
         self.seconds = 0.0
-        self._shapes: set[tuple[torch.Size, torch.Size]] = set()
+        self._seen: set[tuple[Any, ...]] = set()
 
-    def __call__(self, z: Tensor, x: Tensor) -> Tensor:
-        shapes = (z.shape, x.shape)
-        if shapes in self._shapes:
-            return self.compiled(z, x)
+    def __call__(self, *args: Any) -> Any:
+        key = tuple(a.shape if isinstance(a, Tensor) else id(a) for a in args)
+        if key in self._seen:
+            return self.compiled(*args)
         start = time.perf_counter()
-        out = self.compiled(z, x)
-        if out.is_cuda:
-            torch.cuda.synchronize(out.device)
+        out = self.compiled(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.seconds += time.perf_counter() - start
-        self._shapes.add(shapes)
+        self._seen.add(key)
         return out

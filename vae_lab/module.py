@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -29,9 +30,19 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torchmetrics import MeanMetric
 
-from vae_lab.elbo import ELBOTerms, IWEstimate, LogLikelihood, elbo_terms, iw_log_px
+from vae_lab.elbo import (
+    ELBOTerms,
+    IWEstimate,
+    LogLikelihood,
+    LogWeights,
+    elbo_terms,
+    iw_of_weights,
+    log_importance_weights,
+    log_weights_of_noise,
+    reparameterize,
+)
 from vae_lab.estimate import Figure
-from vae_lab.fast_eval import CompiledLogLikelihood, default_chunk_size
+from vae_lab.fast_eval import Compiled, default_chunk_size
 from vae_lab.metrics import ActiveUnits, IWLogLikelihood
 from vae_lab.objectives import ELBO, Objective
 from vae_lab.posteriors import PosteriorFamily
@@ -71,7 +82,8 @@ class VAE(pl.LightningModule):
         self.eval_num_samples = eval_num_samples
         self.eval_chunk_size = eval_chunk_size
         self.eval_compile = eval_compile
-        self.compiled_log_likelihood: CompiledLogLikelihood | None = None
+        self.compiled_log_likelihood: Compiled | None = None  # after compile_estimates
+        self.compiled_log_weights: Compiled | None = None
         self.val_num_samples = val_num_samples
         self.test_seed = test_seed
         self._unchecked_losses: list[Tensor] = []  # training losses not yet checked finite
@@ -101,7 +113,7 @@ class VAE(pl.LightningModule):
 
     def log_likelihood(self, x: Tensor) -> LogLikelihood:
         """z [S, B, D] -> log p(x|z) [S, B]; compiled where no gradient is taken, after
-        ``compile_log_likelihood`` (``vae_lab.fast_eval``)."""
+        ``compile_estimates`` (``vae_lab.fast_eval``)."""
 
         def log_px_z(z: Tensor) -> Tensor:
             compiled = self.compiled_log_likelihood
@@ -114,11 +126,24 @@ class VAE(pl.LightningModule):
     def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         return self.likelihood(self.decoder(z)).log_prob(x)
 
-    def compile_log_likelihood(self) -> CompiledLogLikelihood:
-        """From now on, log p(x|z) of the estimates without gradient through torch.compile."""
+    def _log_weights_of_noise(
+        self, family: PosteriorFamily, theta: Tensor, eps: Tensor, x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        q, log_likelihood = family.distribution(theta), partial(self._log_likelihood, x=x)
+        return log_weights_of_noise(q, self.p_z(), log_likelihood, eps)
+
+    def compile_estimates(self) -> None:
+        """From now on, the estimates without gradient run through torch.compile: log p(x|z),
+        and the IW estimate's log-weights of each chunk of noise (``vae_lab.fast_eval``)."""
         if self.compiled_log_likelihood is None:
-            self.compiled_log_likelihood = CompiledLogLikelihood(self._log_likelihood)
-        return self.compiled_log_likelihood
+            self.compiled_log_likelihood = Compiled(self._log_likelihood)
+            self.compiled_log_weights = Compiled(self._log_weights_of_noise)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall time spent in the calls that compiled (0 before ``compile_estimates``)."""
+        compiled = (self.compiled_log_likelihood, self.compiled_log_weights)
+        return sum(c.seconds for c in compiled if c is not None)
 
     def chunk_size_for(self, batch_size: int) -> int:
         """Importance samples per datapoint drawn at once: ``eval_chunk_size``, or when that is
@@ -128,9 +153,32 @@ class VAE(pl.LightningModule):
     def elbo(self, x: Tensor, num_samples: int = 1) -> ELBOTerms:
         return elbo_terms(self.q(x), self.p_z(), self.log_likelihood(x), num_samples)
 
-    def iw_estimate(self, x: Tensor, num_samples: int, chunk_size: int | None = None) -> IWEstimate:
+    def iw_estimate(
+        self,
+        x: Tensor,
+        num_samples: int,
+        chunk_size: int | None = None,
+        theta: Tensor | None = None,
+        family: PosteriorFamily | None = None,
+    ) -> IWEstimate:
+        """The IW estimate of log p(x) with q = ``family.distribution(theta)``: by default the
+        encoder's q(z|x); ``evaluate`` passes q*'s and the refined q's parameters."""
+        family = family or self.posterior
+        if theta is None:
+            theta = self.posterior(self.encoder(x))
         chunk = chunk_size or self.chunk_size_for(x.shape[0])
-        return iw_log_px(self.q(x), self.p_z(), self.log_likelihood(x), num_samples, chunk)
+        return iw_of_weights(self.log_weights(family, theta, x), num_samples, chunk)
+
+    def log_weights(self, family: PosteriorFamily, theta: Tensor, x: Tensor) -> LogWeights:
+        """n -> n fresh log-weights of each datapoint and their z, under q = family(theta);
+        compiled where no gradient is taken after ``compile_estimates``, with the noise drawn
+        outside the compiled code, as the eager path draws it."""
+        q = family.distribution(theta)
+        compiled = self.compiled_log_weights
+        if compiled is None or torch.is_grad_enabled():
+            return partial(log_importance_weights, q, self.p_z(), self.log_likelihood(x))
+        noise = reparameterize(q).noise
+        return lambda n: compiled(family, theta, noise.rsample((n,)), x)
 
     # -- training ----------------------------------------------------------------------------
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
@@ -241,7 +289,7 @@ class VAE(pl.LightningModule):
 
     def on_test_start(self) -> None:
         if self.eval_compile:
-            self.compile_log_likelihood()
+            self.compile_estimates()
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
         global_batch = batch_idx * self.trainer.world_size + self.trainer.global_rank
@@ -265,5 +313,5 @@ class VAE(pl.LightningModule):
         for name, value in values.items():
             self.log(f"test/{name}", value)
         if self.compiled_log_likelihood is not None and self.trainer.is_global_zero:
-            log.info("eval.compile: compiling log p(x|z) took %.1f s (of the test stage)",
-                     self.compiled_log_likelihood.seconds)  # fmt: skip
+            log.info("eval.compile: compiling took %.1f s (of the test stage)",
+                     self.compile_seconds)  # fmt: skip

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from vae_lab.elbo import ELBOTerms, elbo_terms, iw_log_px
+from vae_lab.elbo import ELBOTerms, elbo_terms
 from vae_lab.objectives.base import Objective, TrainingLoss, call_frozen
 from vae_lab.validation import NON_NEGATIVE_INT, POSITIVE_NUMBER, require
 
@@ -101,8 +101,6 @@ class SemiAmortized(Objective):
     def test_metrics(self, model: VAE, x: Tensor, num_samples: int) -> dict[str, Tensor]:
         theta = self.refined_theta(model, x)
         with torch.no_grad():
-            q = model.posterior.distribution(theta)
-            estimate = iw_log_px(q, model.p_z(), model.log_likelihood(x), num_samples,
-                                 model.chunk_size_for(x.shape[0]))  # fmt: skip
+            estimate = model.iw_estimate(x, num_samples, theta=theta)
         # the ELBO of the same weights, as test/elbo is the encoder's
         return {"elbo_refined": estimate.elbo.value, "log_px_refined": estimate.log_px.value}
