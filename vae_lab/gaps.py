@@ -80,6 +80,7 @@ from vae_lab.elbo import (
     LogLikelihood,
     elbo_terms,
     log_importance_weights,
+    log_weights_of_noise,
     reparameterize,
     rsample_with_log_prob,
 )
@@ -201,10 +202,8 @@ def fixed_noise_elbo(
     """mean_s log p(x, z_s) - log q(z_s|x), z_s = T(noise_s) (``elbo.reparameterize``): the
     ELBO on given draws [S, N, D] of q's noise (N(0, I) for every family), float64 [N]."""
     with torch.no_grad():
-        reparam = reparameterize(q)
-        z, log_det = reparam.push_forward(noise)
-        log_q = reparam.noise.log_prob(noise) - log_det
-        return (log_likelihood(z) + prior.log_prob(z) - log_q).double().mean(0)
+        log_w, _ = log_weights_of_noise(q, prior, log_likelihood, noise)
+        return log_w.double().mean(0)
 
 
 def objective(
