@@ -16,9 +16,12 @@ the likelihood, ``VAE.log_weights``), and log p(x|z) elsewhere (the ELBO of q*).
 drawn outside the compiled code, so compiled and eager estimates take the same draws and agree
 to float32 rounding. Traced by the compiler, the Bernoulli log-density takes its product form
 (``vae_lab.likelihoods.bernoulli_log_density_by_products``: one log per datapoint instead of a
-log1p per pixel). AIS and the fit of q* differentiate through log p(x|z) and stay eager. Each
-new input shape (and each posterior family) compiles anew; ``seconds`` is the wall time of the
-calls that compiled, compilation included.
+log1p per pixel). AIS and the fit of q* differentiate through log p(x|z) and stay eager:
+compiled with its gradient (AOTAutograd), log p(x|z) and its z-gradient at 16 chains x 100
+MNIST points took 20 ms on a 2-core CPU against eager's 12 ms (measured 2026-12). Each
+new input shape (and each posterior family) compiles anew, up to Dynamo's
+``recompile_limit`` (8) per function, past which it runs eager with a warning: slower, the same
+numbers. ``seconds`` is the wall time of the calls that compiled, compilation included.
 """
 
 from __future__ import annotations
