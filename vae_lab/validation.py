@@ -54,6 +54,12 @@ def require(name: str, value: Any, rule: Rule) -> None:
         raise ConfigError(f"{name}={value} is invalid: must be {allowed}")
 
 
+def require_all(rule: Rule, **values: Any) -> None:
+    """``require(name, value, rule)`` for each ``name=value``, in order."""
+    for name, value in values.items():
+        require(name, value, rule)
+
+
 #: the run's own keys (no component owns them): key -> rule
 RUN_RULES: dict[str, Rule] = {
     "seed": NON_NEGATIVE_INT,

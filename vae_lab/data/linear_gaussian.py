@@ -26,7 +26,7 @@ from torch.distributions import MultivariateNormal
 from vae_lab.data.datamodules import InMemoryDataModule, Splits
 from vae_lab.likelihoods import GaussianLikelihood
 from vae_lab.priors import StandardNormal
-from vae_lab.validation import POSITIVE_INT, POSITIVE_NUMBER, ConfigError, require
+from vae_lab.validation import POSITIVE_INT, POSITIVE_NUMBER, ConfigError, require, require_all
 
 if TYPE_CHECKING:
     from vae_lab.module import VAE
@@ -107,10 +107,8 @@ class LinearGaussian(InMemoryDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim)):
-            require(name, value, POSITIVE_INT)
-        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-            require(name, value, POSITIVE_INT)
+        require_all(POSITIVE_INT, data_dim=data_dim, latent_dim=latent_dim, num_train=num_train,
+                    num_val=num_val, num_test=num_test)  # fmt: skip
         require("noise_std", noise_std, POSITIVE_NUMBER)
         self.image_shape = (data_dim,)
         self.sizes = (num_train, num_val, num_test)

@@ -24,7 +24,7 @@ from torch import Tensor
 from vae_lab.posteriors.affine import TriangularAffineTransform
 from vae_lab.posteriors.conditioners import made
 from vae_lab.posteriors.flow import FlowLayer, FlowPosterior
-from vae_lab.validation import POSITIVE_INT, require
+from vae_lab.validation import POSITIVE_INT, require_all
 
 GATE_BIAS = 4.0
 
@@ -56,9 +56,9 @@ class IAF(FlowPosterior):
     def __init__(
         self, feature_dim: int, latent_dim: int, num_flows: int, hidden_dim: int, context_dim: int
     ) -> None:
-        for name, value in (("num_flows", num_flows), ("hidden_dim", hidden_dim)):
-            require(name, value, POSITIVE_INT)
-        require("context_dim", context_dim, POSITIVE_INT)
+        require_all(
+            POSITIVE_INT, num_flows=num_flows, hidden_dim=hidden_dim, context_dim=context_dim
+        )
         layers = [
             IAFLayer(latent_dim, context_dim, hidden_dim, reverse=k % 2 == 1)
             for k in range(num_flows)

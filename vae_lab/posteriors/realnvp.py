@@ -23,7 +23,7 @@ from torch import Tensor
 from vae_lab.posteriors.affine import TriangularAffineTransform
 from vae_lab.posteriors.conditioners import ConditionalMLP
 from vae_lab.posteriors.flow import FlowLayer, FlowPosterior
-from vae_lab.validation import POSITIVE_INT, require
+from vae_lab.validation import POSITIVE_INT, require_all
 
 SCALE_BOUND = 3.0  # |log-scale| < 3: each coupling scales a coordinate by at most e^3
 
@@ -56,9 +56,9 @@ class RealNVP(FlowPosterior):
     def __init__(
         self, feature_dim: int, latent_dim: int, num_flows: int, hidden_dim: int, context_dim: int
     ) -> None:
-        for name, value in (("num_flows", num_flows), ("hidden_dim", hidden_dim)):
-            require(name, value, POSITIVE_INT)
-        require("context_dim", context_dim, POSITIVE_INT)
+        require_all(
+            POSITIVE_INT, num_flows=num_flows, hidden_dim=hidden_dim, context_dim=context_dim
+        )
         layers = [
             CouplingLayer(latent_dim, context_dim, hidden_dim, flip=k % 2 == 1)
             for k in range(num_flows)
