@@ -14,9 +14,10 @@ per elementwise step: each chunk's log-weights of the IW estimates (of the encod
 refined q and q*, at test and in ``evaluate``: z = T(eps), log q, log p(z), the decoder and
 the likelihood, ``VAE.log_weights``), and log p(x|z) elsewhere (the ELBO of q*). The noise is
 drawn outside the compiled code, so compiled and eager estimates take the same draws and agree
-to float32 rounding. Traced by the compiler, the Bernoulli log-density takes its product form
-(``vae_lab.likelihoods.bernoulli_log_density_by_products``: one log per datapoint instead of a
-log1p per pixel). AIS and the fit of q* differentiate through log p(x|z) and stay eager:
+to float32 rounding. Traced by the compiler on a CPU, the Bernoulli log-density takes its
+product form (``vae_lab.likelihoods.bernoulli_log_density_by_products``: one log per block of
+pixels instead of a log1p per pixel); on a GPU, where it has not been timed and float64 can be
+slow, the log1p form. AIS and the fit of q* differentiate through log p(x|z) and stay eager:
 compiled with its gradient (AOTAutograd), log p(x|z) and its z-gradient at 16 chains x 100
 MNIST points took 20 ms on a 2-core CPU against eager's 12 ms (measured 2026-12). Each
 new input shape (and each posterior family) compiles anew, up to Dynamo's

@@ -92,7 +92,7 @@ class BernoulliPixels(Independent):
         if value.dim() > logits.dim() or value.shape != logits.shape[logits.dim() - value.dim() :]:
             logits = logits.expand(torch.broadcast_shapes(logits.shape, value.shape))
         dtype = torch.promote_types(logits.dtype, value.dtype)
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and logits.device.type == "cpu":  # measured there only
             return bernoulli_log_density_by_products(logits.to(dtype), value.to(dtype))
         return BernoulliLogDensity.apply(logits.to(dtype), value.to(dtype))
 
