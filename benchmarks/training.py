@@ -11,6 +11,8 @@ binarised on the device as the datamodule does, each from the same initial weigh
     bare       hand-written PyTorch: the same ``nn.Module``s, the reparameterisation, the
                analytic KL and BCE-with-logits written out, as one would without vae_lab
 
+All three step the run's optimizer (``cfg.optim``: fused Adam).
+
 ``framework / bare`` is the goal (<= 1.10): the median over rounds of each round's ratio, with
 its range over rounds, since a shared machine's speed drifts by more than the goal's margin
 between rounds while the loops of one round see alike load. ``framework / module`` is the
