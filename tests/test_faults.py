@@ -145,6 +145,9 @@ CASES = {
     "eval.num_samples": Case(["eval.num_samples=0", NEW], 2, "eval.num_samples=0"),
     "eval.chunk_size": Case(["eval.chunk_size=0", NEW], 2, "eval.chunk_size=0"),
     "optim.lr": Case(["optim.lr=-0.1", NEW], 2, "optim.lr=-0.1"),
+    "an optimizer without a fused form": Case(
+        ["optim._target_=torch.optim.RMSprop", NEW], 2, "~optim.fused"
+    ),
     "num_threads": Case(["num_threads=-1", NEW], 2, "num_threads=-1"),
     "posterior.num_flows": Case(
         ["posterior=planar", "posterior.num_flows=0", NEW], 2, "posterior.num_flows=0"

@@ -62,7 +62,8 @@ def build_optimizer(cfg: DictConfig) -> Any:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except Exception as err:
         values = " ".join(f"optim.{k}={v}" for k, v in cfg.optim.items() if not k.startswith("_"))
-        raise ConfigError(f"optim ({values}) is invalid: {err}") from err
+        fix = " (drop the key with ~optim.fused)" if "'fused'" in str(err) else ""
+        raise ConfigError(f"optim ({values}) is invalid: {err}{fix}") from err
     return factory
 
 
