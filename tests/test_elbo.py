@@ -191,3 +191,32 @@ def test_chunked_streaming_logsumexp_equals_one_pass():
     arviz = pytest.importorskip("arviz_stats.base.array")
     for khat, column in zip(est.khat, log_w.double().T, strict=True):  # from the streamed top M
         assert abs(float(khat) - arviz.array_stats.psislw(-column.numpy())[1]) < 1e-6
+
+
+@pytest.mark.parametrize(("dim", "chunk"), [(3, 64), (40, 1000)])
+def test_monte_carlo_kl_agrees_with_the_analytic_kl_within_its_stderr(dim, chunk):
+    """``kl_estimate`` of a pair torch has no formula for (the prior as a one-component
+    mixture, which is N(m, s^2 I)) against the analytic KL of the same Gaussians: within 4 of
+    its stated stderr, and that stderr the sample spread over S draws."""
+    from torch.distributions import Categorical, MixtureSameFamily
+
+    from vae_lab.elbo import kl_estimate
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(dim)
+    scale = 0.3 + torch.rand(5, dim, generator=g)
+    q = Independent(Normal(torch.randn(5, dim, generator=g), scale), 1)
+    loc, prior_scale = torch.randn(dim, generator=g), torch.full((dim,), 1.5)
+    mixture = MixtureSameFamily(
+        Categorical(torch.ones(1)), Independent(Normal(loc[None], prior_scale[None]), 1)
+    )
+    exact = analytic_kl(q, Independent(Normal(loc, prior_scale), 1))
+    assert analytic_kl(q, mixture) is None  # so the estimate is the Monte Carlo one
+    num_samples = 3000
+    ours = kl_estimate(q, mixture, num_samples, chunk)
+    stderr = ours.variance.sqrt()
+    assert (((ours.value - exact) / stderr).abs() < 4).all()
+    z = q.sample((20000,))
+    spread = (q.log_prob(z) - mixture.log_prob(z)).std(0) / math.sqrt(num_samples)
+    assert torch.allclose(stderr, spread, rtol=0.1)
+    assert torch.equal(kl_estimate(q, standard_normal(dim), 10, 3).variance, torch.zeros(5))

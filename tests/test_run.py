@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO, checkpoint_model, compose_config
+from vae_lab.elbo import kl_estimate
+from vae_lab.estimate import ROUNDING
 from vae_lab.outputs import read_metrics
 from vae_lab.run import execute
 
@@ -67,6 +69,23 @@ def test_test_elbo_is_the_elbo_of_the_iw_weights_within_its_stderr(tmp_path):
     assert record["test/inference_gap"] == pytest.approx(gap) and gap > 0  # Jensen, per draw
     assert record["test/inference_gap_stderr"] == pytest.approx(
         math.hypot(record["test/log_px_stderr"], record["test/elbo_stderr"])
+    )
+
+
+def test_test_kl_of_a_flow_is_a_monte_carlo_figure_with_its_stderr(tmp_path):
+    """A planar q has no analytic KL: test/kl is the mean over K draws, within 4 of its stderr
+    of a 20,000-draw KL of the same points; test/recon = ELBO + KL carries both stderrs."""
+    cfg = compose_config(["posterior=planar", "eval.num_samples=200", "eval.chunk_size=200"])
+    record = execute(cfg, tmp_path, {})
+    model, datamodule = checkpoint_model(cfg, tmp_path / "checkpoints" / "best.ckpt")
+    x = next(iter(datamodule.test_dataloader()))  # limit_test_batches=1
+    with torch.no_grad():
+        reference = kl_estimate(model.q(x), model.p_z(), 20000, 1000).figure()
+    assert record["test/kl_stderr"] > 10 * ROUNDING * abs(record["test/kl"])  # noise, not rounding
+    stderr = math.hypot(record["test/kl_stderr"], reference.stderr)
+    assert abs(record["test/kl"] - reference.value) < 4 * stderr
+    assert record["test/recon_stderr"] == pytest.approx(
+        math.hypot(record["test/elbo_stderr"], record["test/kl_stderr"])
     )
 
 

@@ -140,6 +140,47 @@ def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:
         return None
 
 
+class StreamedMean:
+    """The per-datapoint mean of draws [n, B] that arrive a chunk at a time, with its Monte
+    Carlo variance (``Estimate.of_moments``); the sums are of the draws less the first chunk's
+    mean, in float64, against cancellation when the mean is far from 0."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def update(self, draws: Tensor) -> None:
+        draws = draws.double()
+        if self.count == 0:
+            self.shift = draws.mean(0)
+            self.total, self.total_sq = torch.zeros_like(self.shift), torch.zeros_like(self.shift)
+        centred = draws - self.shift
+        self.total += centred.sum(0)
+        self.total_sq += (centred**2).sum(0)
+        self.count += draws.shape[0]
+
+    def estimate(self) -> Estimate:
+        centred = Estimate.of_moments(self.total, self.total_sq, self.count)
+        return Estimate(self.shift + centred.value, centred.variance)
+
+
+def kl_estimate(
+    q: Distribution, prior: Distribution, num_samples: int, chunk_size: int
+) -> Estimate:
+    """KL(q || p) per datapoint [B]: analytic where torch knows the pair (variance 0), else
+    mean_s log q(z_s) - log p(z_s) over ``num_samples`` draws z_s ~ q taken ``chunk_size`` at a
+    time, with its Monte Carlo variance. No decoder pass: the KL needs q and p(z) alone."""
+    kl = analytic_kl(q, prior)
+    if kl is not None:
+        return Estimate(kl, torch.zeros_like(kl))
+    mean, done = StreamedMean(), 0
+    while done < num_samples:
+        n = min(chunk_size, num_samples - done)
+        z, log_q = rsample_with_log_prob(q, n)
+        mean.update(log_q - prior.log_prob(z))
+        done += n
+    return mean.estimate()
+
+
 @dataclass
 class ELBOTerms:
     """Per-datapoint terms of the ELBO, each of shape [B]."""
@@ -227,10 +268,9 @@ def iw_of_weights(log_weights: LogWeights, num_samples: int, chunk_size: int) ->
 
     The running state per datapoint is the maximum m of the log-weights seen so far and the
     sums s1 = sum_k exp(log w_k - m), s2 = sum_k exp(2 (log w_k - m)), rescaled when m grows;
-    the sums of log w_k - c and its square (c the first chunk's mean, against cancellation);
-    and the M + 1 largest log-weights for k-hat. Then log p^(x) = m + log s1 - log K,
-    ESS = s1^2 / s2, and by the delta method Var[log p^(x)] ~= Var[w] / (K E[w]^2)
-    = 1/ESS - 1/K.
+    the mean of log w_k (``StreamedMean``); and the M + 1 largest log-weights for k-hat. Then
+    log p^(x) = m + log s1 - log K, ESS = s1^2 / s2, and by the delta method
+    Var[log p^(x)] ~= Var[w] / (K E[w]^2) = 1/ESS - 1/K.
     """
     keep = tail_length(num_samples) + 1
     done = 0
@@ -241,24 +281,21 @@ def iw_of_weights(log_weights: LogWeights, num_samples: int, chunk_size: int) ->
         chunk_max = log_w.max(0).values
         if done == 0:
             m, s1, s2, z_sum = chunk_max, 0.0, 0.0, 0.0
-            shift, total, total_sq = log_w.mean(0), 0.0, 0.0
+            elbo = StreamedMean()
             top = log_w[:0]
         new_m = torch.maximum(m, chunk_max)
         rescale = torch.exp(m - new_m)
         rel = torch.exp(log_w - new_m)
         s1 = s1 * rescale + rel.sum(0)
         s2 = s2 * rescale**2 + (rel**2).sum(0)
-        total = total + (log_w - shift).sum(0)
-        total_sq = total_sq + ((log_w - shift) ** 2).sum(0)
+        elbo.update(log_w)
         top = torch.cat([top, log_w]).topk(min(keep, done + n), dim=0).values
         z_sum = z_sum + z.sum(0)
         m = new_m
         done += n
     log_px, ess = _log_mean_weight(m, s1, s2, num_samples)
-    centred = Estimate.of_moments(total, total_sq, num_samples)
-    elbo = Estimate(shift + centred.value, centred.variance)
     khat = pareto_khat(top) if keep > 1 else torch.full_like(m, math.nan)
-    return IWEstimate(log_px, elbo, ess, khat, z_sum / num_samples, num_samples)
+    return IWEstimate(log_px, elbo.estimate(), ess, khat, z_sum / num_samples, num_samples)
 
 
 def _log_mean_weight(m: Tensor, s1: Tensor, s2: Tensor, k: int) -> tuple[Estimate, Tensor]:

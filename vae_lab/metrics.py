@@ -8,8 +8,28 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from vae_lab.elbo import IWEstimate
-from vae_lab.estimate import Figure
+from vae_lab.estimate import Estimate, Figure
 from vae_lab.psis import KHAT_BAD
+
+
+class MeanEstimate(Metric):
+    """The dataset mean of per-datapoint estimates with its Monte Carlo standard error
+    (``Figure.of_sums``)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("value", "variance", "count"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, estimate: Estimate) -> None:
+        self.value += estimate.value.double().sum()
+        self.variance += estimate.variance.double().sum()
+        self.count += estimate.value.numel()
+
+    def compute(self) -> Figure:
+        return Figure.of_sums(self.value, self.variance, self.count)
 
 
 class IWLogLikelihood(Metric):

@@ -8,7 +8,8 @@ with the IW estimate at K = ``eval_num_samples`` (Burda et al. 2016 use K = 5000
 stages take the ELBO from the same K importance weights as log p(x) (mean_k log w_k, with its
 stderr), so ``test/inference_gap`` = log p^(x) - ELBO is the gap of one set of draws, not the
 difference of a K-sample and a one-sample estimate; ``recon`` = ELBO + KL, the KL analytic
-where the pair has one.
+where the pair has one, else the mean over K draws of q (``vae_lab.elbo.kl_estimate``), each
+with its stderr.
 
 Reproducibility: the test-time samples of global batch i are drawn from a generator seeded
 with ``test_seed + i`` (see ``vae_lab.data.batches``: a global batch holds the same datapoints
@@ -19,8 +20,10 @@ processes. Checkpoints carry the RNG state, so a resumed run continues the same 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 from functools import partial
 from typing import Any
 
@@ -37,13 +40,14 @@ from vae_lab.elbo import (
     LogWeights,
     elbo_terms,
     iw_of_weights,
+    kl_estimate,
     log_importance_weights,
     log_weights_of_noise,
     reparameterize,
 )
 from vae_lab.estimate import Figure
 from vae_lab.fast_eval import Compiled, default_chunk_size
-from vae_lab.metrics import ActiveUnits, IWLogLikelihood
+from vae_lab.metrics import ActiveUnits, IWLogLikelihood, MeanEstimate
 from vae_lab.objectives import ELBO, Objective
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.psis import warn_if_unreliable
@@ -88,15 +92,11 @@ class VAE(pl.LightningModule):
         self.test_seed = test_seed
         self._unchecked_losses: list[Tensor] = []  # training losses not yet checked finite
         self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_{name}": MeanMetric()
-                for stage in ("val", "test")
-                for name in ("kl",)  # the ELBO is the IW weights' (self.val_iw, self.test_iw)
-            }
-            | {f"test_{name}": MeanMetric() for name in self.objective.test_metric_names}
+            {f"test_{name}": MeanMetric() for name in self.objective.test_metric_names}
         )
-        self.val_iw = IWLogLikelihood()
-        self.test_iw = IWLogLikelihood()
+        # the ELBO is the IW weights' (*_iw), the KL analytic or from as many draws (*_kl)
+        self.val_iw, self.val_kl = IWLogLikelihood(), MeanEstimate()
+        self.test_iw, self.test_kl = IWLogLikelihood(), MeanEstimate()
         self.test_active_units = ActiveUnits(posterior.latent_dim)
 
     # -- the model as distributions ----------------------------------------------------------
@@ -252,8 +252,10 @@ class VAE(pl.LightningModule):
             return self._evaluate_full_precision(stage, x.float(), num_samples)
 
     def _evaluate_full_precision(self, stage: str, x: Tensor, num_samples: int) -> IWEstimate:
-        self.metrics[f"{stage}_kl"].update(self.elbo(x).kl)
-        estimate = self.iw_estimate(x, num_samples)
+        chunk, theta = self.chunk_size_for(x.shape[0]), self.posterior(self.encoder(x))
+        kl = kl_estimate(self.posterior.distribution(theta), self.p_z(), num_samples, chunk)
+        getattr(self, f"{stage}_kl").update(kl)
+        estimate = self.iw_estimate(x, num_samples, chunk, theta=theta)
         getattr(self, f"{stage}_iw").update(estimate)
         if stage == "test":
             for name, value in self.objective.test_metrics(self, x, num_samples).items():
@@ -261,14 +263,20 @@ class VAE(pl.LightningModule):
         return estimate
 
     def _log_epoch(self, stage: str, names: tuple[str, ...]) -> dict[str, Tensor]:
-        """The stage's metrics over the epoch: ``names`` (means), the IW figures, and the ELBO
-        of the IW weights split as recon = ELBO + KL (KL analytic where known)."""
-        values = {name: self.metrics[f"{stage}_{name}"].compute() for name in ("kl", *names)}
+        """The stage's metrics over the epoch: ``names`` (means), the IW figures, the KL, and
+        the ELBO of the IW weights split as recon = ELBO + KL, each with its stderr (the KL's
+        draws are independent of the IW's; analytic KL: stderr 0, floored at rounding)."""
+        values = {name: self.metrics[f"{stage}_{name}"].compute() for name in names}
         values.update(getattr(self, f"{stage}_iw").compute())
-        values["recon"] = values["elbo"] + values["kl"]
-        for name in ("kl", *names):
+        elbo = Figure(float(values["elbo"]), float(values["elbo_stderr"]))
+        kl = getattr(self, f"{stage}_kl").compute()
+        recon = Figure(elbo.value + kl.value, math.hypot(elbo.stderr, kl.stderr))
+        for name, figure in (("kl", kl), ("recon", recon)):
+            values[name], values[f"{name}_stderr"] = (torch.tensor(v) for v in astuple(figure))
+        for name in names:
             self.metrics[f"{stage}_{name}"].reset()
-        getattr(self, f"{stage}_iw").reset()
+        for metric in (getattr(self, f"{stage}_iw"), getattr(self, f"{stage}_kl")):
+            metric.reset()
         return values
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
