@@ -188,7 +188,11 @@ def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
     assert metrics["test/psis_khat"] < 0.7 and metrics["eval/psis_khat"] < 0.7
     for name in ("test/log_px", "eval/log_px", "eval/log_px_ais"):
         assert abs(metrics[name] - exact) < 3 * metrics[f"{name}_stderr"], name
-    assert metrics["eval/psis_khat_bad"] == 0 and metrics["eval/ais_reliable"] == 1.0
+    # No point is flagged at the test's K = 5000. Evaluate's IW at K = 300 may flag a point
+    # where the trained encoder's q is narrower than the posterior (1 of 300 with one training
+    # draw order, none with another), and AIS from that q is then reported unreliable.
+    assert metrics["test/psis_khat_bad"] == 0 and metrics["eval/psis_khat_bad"] <= 0.01
+    assert metrics["eval/ais_reliable"] == float(metrics["eval/psis_khat_bad"] == 0)
 
 
 def test_a_50d_run_with_a_poor_encoder_is_estimated_from_qstar(tmp_path):
