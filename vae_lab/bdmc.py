@@ -130,7 +130,7 @@ def bdmc_metrics(
         ("log_px_bdmc_upper", estimate.upper.figure()),
         ("bdmc_gap", Figure(width, estimate.upper.figure().stderr)),
     ):
-        metrics[f"eval/{name}"], metrics[f"eval/{name}_stderr"] = figure.value, figure.stderr
+        metrics.update(figure.named(f"eval/{name}"))
     uncertified = warn_if_uncertified(Figure(width, estimate.upper.figure().stderr), ais_stderr)
     metrics["eval/bdmc_certified"] = float(not uncertified)
     ppca = ppca_of(model)

@@ -30,14 +30,14 @@ the same quantity), the effective sample size and the Pareto k-hat of the weight
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
-from vae_lab.estimate import Estimate
+from vae_lab.estimate import Estimate, StreamedMean
 from vae_lab.psis import pareto_khat, tail_length
 
 #: z of shape [S, B, D] -> log p(x|z) of shape [S, B] for the batch of datapoints x.
@@ -140,27 +140,11 @@ def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:
         return None
 
 
-class StreamedMean:
-    """The per-datapoint mean of draws [n, B] that arrive a chunk at a time, with its Monte
-    Carlo variance (``Estimate.of_moments``); the sums are of the draws less the first chunk's
-    mean, in float64, against cancellation when the mean is far from 0."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def update(self, draws: Tensor) -> None:
-        draws = draws.double()
-        if self.count == 0:
-            self.shift = draws.mean(0)
-            self.total, self.total_sq = torch.zeros_like(self.shift), torch.zeros_like(self.shift)
-        centred = draws - self.shift
-        self.total += centred.sum(0)
-        self.total_sq += (centred**2).sum(0)
-        self.count += draws.shape[0]
-
-    def estimate(self) -> Estimate:
-        centred = Estimate.of_moments(self.total, self.total_sq, self.count)
-        return Estimate(self.shift + centred.value, centred.variance)
+def chunks(num_samples: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """(draws done before, draws in this chunk) for ``num_samples`` draws ``chunk_size`` at a
+    time: the loop of every streamed estimate."""
+    for done in range(0, num_samples, chunk_size):
+        yield done, min(chunk_size, num_samples - done)
 
 
 def kl_estimate(
@@ -172,12 +156,10 @@ def kl_estimate(
     kl = analytic_kl(q, prior)
     if kl is not None:
         return Estimate(kl, torch.zeros_like(kl))
-    mean, done = StreamedMean(), 0
-    while done < num_samples:
-        n = min(chunk_size, num_samples - done)
+    mean = StreamedMean()
+    for _, n in chunks(num_samples, chunk_size):
         z, log_q = rsample_with_log_prob(q, n)
         mean.update(log_q - prior.log_prob(z))
-        done += n
     return mean.estimate()
 
 
@@ -273,9 +255,7 @@ def iw_of_weights(log_weights: LogWeights, num_samples: int, chunk_size: int) ->
     Var[log p^(x)] ~= Var[w] / (K E[w]^2) = 1/ESS - 1/K.
     """
     keep = tail_length(num_samples) + 1
-    done = 0
-    while done < num_samples:
-        n = min(chunk_size, num_samples - done)
+    for done, n in chunks(num_samples, chunk_size):
         log_w, z = log_weights(n)
         log_w = log_w.double()
         chunk_max = log_w.max(0).values
@@ -292,7 +272,6 @@ def iw_of_weights(log_weights: LogWeights, num_samples: int, chunk_size: int) ->
         top = torch.cat([top, log_w]).topk(min(keep, done + n), dim=0).values
         z_sum = z_sum + z.sum(0)
         m = new_m
-        done += n
     log_px, ess = _log_mean_weight(m, s1, s2, num_samples)
     khat = pareto_khat(top) if keep > 1 else torch.full_like(m, math.nan)
     return IWEstimate(log_px, elbo.estimate(), ess, khat, z_sum / num_samples, num_samples)

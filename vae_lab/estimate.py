@@ -21,6 +21,7 @@ and an approximation gap of -5e-7); so a figure's stderr is never stated below e
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,15 @@ class Figure:
 
     def __sub__(self, other: Figure) -> Figure:
         return Figure(self.value - other.value, math.hypot(self.stderr, other.stderr))
+
+    def named(self, name: str) -> dict[str, float]:
+        """The figure as metrics are recorded: ``{name: value, name_stderr: stderr}``."""
+        return {name: self.value, f"{name}_stderr": self.stderr}
+
+    @classmethod
+    def of_named(cls, metrics: Mapping[str, float | Tensor], name: str) -> Figure:
+        """The figure ``named`` recorded in ``metrics``."""
+        return cls(float(metrics[name]), float(metrics[f"{name}_stderr"]))
 
 
 @dataclass
@@ -77,3 +87,26 @@ class Estimate:
         return Figure.of_sums(
             self.value.double().sum(), self.variance.double().sum(), self.value.numel()
         )
+
+
+class StreamedMean:
+    """The per-datapoint mean of draws [n, B] that arrive a chunk at a time, with its Monte
+    Carlo variance (``Estimate.of_moments``); the sums are of the draws less the first chunk's
+    mean, in float64, against cancellation when the mean is far from 0."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def update(self, draws: Tensor) -> None:
+        draws = draws.double()
+        if self.count == 0:
+            self.shift = draws.mean(0)
+            self.total, self.total_sq = torch.zeros_like(self.shift), torch.zeros_like(self.shift)
+        centred = draws - self.shift
+        self.total += centred.sum(0)
+        self.total_sq += (centred**2).sum(0)
+        self.count += draws.shape[0]
+
+    def estimate(self) -> Estimate:
+        centred = Estimate.of_moments(self.total, self.total_sq, self.count)
+        return Estimate(self.shift + centred.value, centred.variance)

@@ -362,8 +362,7 @@ def timed(metrics: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def put(metrics: dict[str, float], name: str, figure: Figure) -> None:
-    metrics[f"eval/{name}"] = figure.value
-    metrics[f"eval/{name}_stderr"] = figure.stderr
+    metrics.update(figure.named(f"eval/{name}"))
 
 
 @dataclass
@@ -406,11 +405,9 @@ def evaluate_points(
             for name, value in summary.compute().items():
                 stderr = "_stderr" if name.endswith("_stderr") else ""
                 metrics[f"eval/{name.removesuffix('_stderr')}{suffix}{stderr}"] = float(value)
-        log_px, elbo = (
-            Figure(metrics[f"eval/{name}{suffix}"], metrics[f"eval/{name}{suffix}_stderr"])
-            for name in ("log_px", "elbo")
+        return Figure.of_named(metrics, f"eval/log_px{suffix}"), Figure.of_named(
+            metrics, f"eval/elbo{suffix}"
         )
-        return log_px, elbo
 
     def rows_of(points: Tensor) -> Callable[[Tensor], LogLikelihood]:
         return lambda rows: model.log_likelihood(points[rows])

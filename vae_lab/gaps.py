@@ -78,13 +78,14 @@ from tqdm import trange
 
 from vae_lab.elbo import (
     LogLikelihood,
+    chunks,
     elbo_terms,
     log_importance_weights,
     log_weights_of_noise,
     reparameterize,
     rsample_with_log_prob,
 )
-from vae_lab.estimate import Estimate, Figure
+from vae_lab.estimate import Estimate, Figure, StreamedMean
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.posteriors.gaussian import MIN_SCALE
 
@@ -247,18 +248,16 @@ def qstar_residual(
     )
     continued = fit_qstar(family, prior, log_likelihood, fit.theta, more, rate0=fit.rate).theta
     rows = torch.arange(fit.theta.shape[0], device=fit.theta.device)
-    total = total_sq = 0.0
-    for start in range(0, num_samples, chunk_size):
-        n = min(chunk_size, num_samples - start)
+    gain = StreamedMean()
+    for start, n in chunks(num_samples, chunk_size):
         log_w = []
         for theta in (fit.theta, continued):
             with torch.random.fork_rng(devices=[]), torch.inference_mode():
                 torch.manual_seed(seed + start)
                 q = family.distribution(theta)
                 log_w.append(log_importance_weights(q, prior, log_likelihood(rows), n)[0])
-        gain = (log_w[1] - log_w[0]).double()
-        total, total_sq = total + gain.sum(0), total_sq + (gain**2).sum(0)
-    return Estimate.of_moments(total, total_sq, num_samples)
+        gain.update(log_w[1] - log_w[0])
+    return gain.estimate()
 
 
 def warn_if_residual_matters(residual: Figure, gap_stderr: float) -> bool:

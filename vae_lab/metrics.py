@@ -63,13 +63,10 @@ class IWLogLikelihood(Metric):
         self.count += estimate.ess.numel()
 
     def compute(self) -> dict[str, Tensor]:
-        figure = Figure.of_sums(self.log_px, self.variance, self.count)
+        log_px = Figure.of_sums(self.log_px, self.variance, self.count)
         elbo = Figure.of_sums(self.elbo, self.elbo_variance, self.count)
-        return {
-            "log_px": torch.tensor(figure.value),
-            "log_px_stderr": torch.tensor(figure.stderr),
-            "elbo": torch.tensor(elbo.value),
-            "elbo_stderr": torch.tensor(elbo.stderr),
+        figures = log_px.named("log_px") | elbo.named("elbo")
+        return {name: torch.tensor(value) for name, value in figures.items()} | {
             "ess": self.ess / self.count,
             "ess_fraction": self.ess_fraction / self.count,
             "psis_khat": self.khat / self.khat_count,

@@ -23,7 +23,6 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import astuple
 from functools import partial
 from typing import Any
 
@@ -163,7 +162,7 @@ class VAE(pl.LightningModule):
     ) -> IWEstimate:
         """The IW estimate of log p(x) with q = ``family.distribution(theta)``: by default the
         encoder's q(z|x); ``evaluate`` passes q*'s and the refined q's parameters."""
-        family = family or self.posterior
+        family = self.posterior if family is None else family
         if theta is None:
             theta = self.posterior(self.encoder(x))
         chunk = chunk_size or self.chunk_size_for(x.shape[0])
@@ -268,11 +267,9 @@ class VAE(pl.LightningModule):
         draws are independent of the IW's; analytic KL: stderr 0, floored at rounding)."""
         values = {name: self.metrics[f"{stage}_{name}"].compute() for name in names}
         values.update(getattr(self, f"{stage}_iw").compute())
-        elbo = Figure(float(values["elbo"]), float(values["elbo_stderr"]))
-        kl = getattr(self, f"{stage}_kl").compute()
-        recon = Figure(elbo.value + kl.value, math.hypot(elbo.stderr, kl.stderr))
-        for name, figure in (("kl", kl), ("recon", recon)):
-            values[name], values[f"{name}_stderr"] = (torch.tensor(v) for v in astuple(figure))
+        elbo, kl = Figure.of_named(values, "elbo"), getattr(self, f"{stage}_kl").compute()
+        values |= kl.named("kl")
+        values |= Figure(elbo.value + kl.value, math.hypot(elbo.stderr, kl.stderr)).named("recon")
         for name in names:
             self.metrics[f"{stage}_{name}"].reset()
         for metric in (getattr(self, f"{stage}_iw"), getattr(self, f"{stage}_kl")):
@@ -307,13 +304,8 @@ class VAE(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         values = self._log_epoch("test", self.objective.test_metric_names)
-        gap = Figure(float(values["log_px"]), float(values["log_px_stderr"])) - Figure(
-            float(values["elbo"]), float(values["elbo_stderr"])
-        )
-        values["inference_gap"], values["inference_gap_stderr"] = (
-            torch.tensor(gap.value),
-            torch.tensor(gap.stderr),
-        )
+        gap = Figure.of_named(values, "log_px") - Figure.of_named(values, "elbo")
+        values |= gap.named("inference_gap")
         values["active_units"] = self.test_active_units.compute()
         self.test_active_units.reset()
         if self.trainer.is_global_zero:

@@ -118,8 +118,7 @@ def sample_quality_stage(
                 log_codes = refitted.density.log_prob(held_out).mean()
             metrics[f"eval/log_codes_refit_{name}"] = float(log_codes)
             figure = refit_log_px(model, refitted, x, cfg.eval, batch).figure()
-            metrics[f"eval/log_px_refit_{name}"] = figure.value
-            metrics[f"eval/log_px_refit_{name}_stderr"] = figure.stderr
+            metrics.update(figure.named(f"eval/log_px_refit_{name}"))
         width = datamodule.image_shape[-1]
         with torch.no_grad():
             grid = quality.render(model, refitted.sample(GRID_IMAGES))
