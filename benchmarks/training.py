@@ -45,6 +45,7 @@ from torch import Tensor
 
 from benchmarks.common import Bench, Goal, Result, rounds, synchronize, timed
 from vae_lab.build import build_logger, build_trainer
+from vae_lab.data import binarize
 from vae_lab.data.batches import BatchOrder
 from vae_lab.module import VAE
 from vae_lab.posteriors.gaussian import MIN_SCALE
@@ -114,7 +115,7 @@ def epoch_batches(bench: Bench, size: Size) -> Iterator[Tensor]:
         if size.batches is not None and step >= size.batches:
             return
         x = train[indices.to(train.device)]
-        yield torch.bernoulli(x) if bench.datamodule.binarize else x
+        yield binarize(x) if bench.datamodule.binarize else x
 
 
 def plain_epoch(

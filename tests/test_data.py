@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, options
-from vae_lab.data import BinarizedMNIST, DataFileError, Digits, IDXImages
+from vae_lab.data import BinarizedMNIST, DataFileError, Digits, IDXImages, binarize
 from vae_lab.data.batches import BatchOrder, TensorBatches
 from vae_lab.data.files import RemoteFile, fetch
 
@@ -73,6 +73,19 @@ def test_binarisation_fixed_for_evaluation_and_fresh_for_training():
     assert not torch.equal(first, second)
     dm.trainer = SimpleNamespace(training=False)
     assert torch.equal(dm.on_after_batch_transfer(val[:5], 0), val[:5])
+
+
+def test_binarize_draws_bernoulli_pixels():
+    """Each pixel is 1 with probability p: over n draws its frequency is within 5 binomial
+    standard errors of p (all 200 pixels at once); p = 0 and p = 1 give 0 and 1 exactly."""
+    torch.manual_seed(0)
+    p = torch.linspace(0.0, 1.0, 200)
+    n = 20_000
+    draws = binarize(p.expand(n, -1))
+    assert draws.dtype == p.dtype and set(draws.unique().tolist()) <= {0.0, 1.0}
+    stderr = (p * (1 - p) / n).sqrt()
+    assert ((draws.mean(0) - p).abs() <= 5 * stderr).all()
+    assert draws[:, 0].eq(0).all() and draws[:, -1].eq(1).all()
 
 
 def test_grey_level_data_stays_grey_level():

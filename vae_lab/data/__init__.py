@@ -1,6 +1,12 @@
 """Datasets as in-memory LightningDataModules."""
 
-from vae_lab.data.datamodules import BinarizedMNIST, Digits, IDXImages, InMemoryDataModule
+from vae_lab.data.datamodules import (
+    BinarizedMNIST,
+    Digits,
+    IDXImages,
+    InMemoryDataModule,
+    binarize,
+)
 from vae_lab.data.files import DataFileError
 from vae_lab.data.linear_gaussian import LinearGaussian
 
@@ -11,4 +17,5 @@ __all__ = [
     "IDXImages",
     "InMemoryDataModule",
     "LinearGaussian",
+    "binarize",
 ]

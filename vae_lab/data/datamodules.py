@@ -21,6 +21,14 @@ from vae_lab.validation import POSITIVE_INT, require
 Splits = tuple[Tensor, Tensor, Tensor]
 
 
+def binarize(p: Tensor) -> Tensor:
+    """x ~ Bernoulli(p) elementwise, as x = 1[u < p] with u ~ U(0, 1): torch.bernoulli's
+    distribution, drawn with one vectorised uniform draw where its CPU kernel draws element by
+    element (a 100 x 784 MNIST batch: 0.34 ms against 1.0 ms on a 2-core CPU, a sixth of the
+    training step; ``make bench``)."""
+    return (torch.rand_like(p) < p).to(p.dtype)
+
+
 class InMemoryDataModule(pl.LightningDataModule):
     """Train/val/test tensors [N, X] in [0, 1]; subclasses say how to load them."""
 
@@ -85,7 +93,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
         if self.binarize and self.trainer is not None and self.trainer.training:
-            return torch.bernoulli(batch)
+            return binarize(batch)
         return batch
 
 

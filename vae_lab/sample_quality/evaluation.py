@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from vae_lab.data import InMemoryDataModule
+from vae_lab.data import InMemoryDataModule, binarize
 from vae_lab.elbo import iw_log_px
 from vae_lab.estimate import Estimate
 from vae_lab.images import save_image_grid
@@ -98,7 +98,7 @@ def sample_quality_stage(
     metrics["eval/classifier_accuracy"] = record["accuracy"]
     torch.manual_seed(quality.seed)
     if datamodule.binarize:
-        train = torch.bernoulli(train)  # the training images as the model saw them
+        train = binarize(train)  # the training images as the model saw them
     codes = aggregate_posterior_codes(model, train, cfg.refit.codes_per_point)
     held_out = aggregate_posterior_codes(model, val)
     with torch.no_grad():
