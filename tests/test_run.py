@@ -53,6 +53,26 @@ def test_shrunk_run_writes_completed_metrics(tmp_path):
     assert metrics["fit_time_s"] + metrics["test_time_s"] < metrics["wall_time_s"]
 
 
+def test_validation_settings_leave_the_trained_model_alone(tmp_path):
+    """Validation draws from its own seeded stream: two runs that differ only in how much they
+    validate (K, batches, the sanity check) train the same weights, step for step."""
+    choices = {"posterior": "gaussian", "prior": "standard", "data": "digits"}
+    common = ["trainer.max_epochs=2"]
+    weights = []
+    for name, val in {"light": ["eval.val_num_samples=2", "trainer.num_sanity_val_steps=0"],
+                      "heavy": ["eval.val_num_samples=7", "trainer.limit_val_batches=2",
+                                "trainer.num_sanity_val_steps=1"]}.items():  # fmt: skip
+        execute(compose_config(common + val), tmp_path / name, choices)
+        ckpt = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+        weights.append(ckpt["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+    light, heavy = read_metrics(tmp_path / "light"), read_metrics(tmp_path / "heavy")
+    assert light["train/loss"] == heavy["train/loss"]
+    assert light["val/elbo"] != heavy["val/elbo"]  # the validations did differ
+
+
 def test_test_elbo_is_the_elbo_of_the_iw_weights_within_its_stderr(tmp_path):
     """test/elbo is mean_k log w_k of test/log_px's K weights: within its stderr of a
     20,000-sample ELBO of the same points, and the inference gap is that of one set of draws."""

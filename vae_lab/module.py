@@ -14,7 +14,10 @@ with its stderr.
 Reproducibility: the test-time samples of global batch i are drawn from a generator seeded
 with ``test_seed + i`` (see ``vae_lab.data.batches``: a global batch holds the same datapoints
 whatever the number of processes), so test metrics of a checkpoint are the same on 1 or N
-processes. Checkpoints carry the RNG state, so a resumed run continues the same random stream.
+processes; validation's with ``test_seed + VAL_SEED_OFFSET + i``, the same draws at every
+epoch. Neither touches the training stream, so the validation settings (how often, with how
+many samples, the sanity check) leave the trained model as it is. Checkpoints carry the RNG
+state, so a resumed run continues the same random stream.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ from vae_lab.posteriors import PosteriorFamily
 from vae_lab.psis import warn_if_unreliable
 
 log = logging.getLogger(__name__)
+
+#: validation batch i draws from a generator seeded test_seed + VAL_SEED_OFFSET + i
+VAL_SEED_OFFSET = 104729
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -277,12 +284,17 @@ class VAE(pl.LightningModule):
         return values
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        self._evaluate("val", x, self.val_num_samples)
+        with self._seeded(self.test_seed + VAL_SEED_OFFSET + self._global_batch(batch_idx)):
+            self._evaluate("val", x, self.val_num_samples)
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch("val", ())
         self.log("val/elbo", values["elbo"], prog_bar=True)
         self.log("val/log_px", values["log_px"])
+
+    def _global_batch(self, batch_idx: int) -> int:
+        """The batch's index among all processes' (``vae_lab.data.batches``)."""
+        return batch_idx * self.trainer.world_size + self.trainer.global_rank
 
     @contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:
@@ -297,8 +309,7 @@ class VAE(pl.LightningModule):
             self.compile_estimates()
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        global_batch = batch_idx * self.trainer.world_size + self.trainer.global_rank
-        with self._seeded(self.test_seed + global_batch):
+        with self._seeded(self.test_seed + self._global_batch(batch_idx)):
             estimate = self._evaluate("test", x, self.eval_num_samples)
         self.test_active_units.update(estimate.z_mean)
 
