@@ -349,6 +349,21 @@ def test_several_evaluations_each_fail_alone(finished, tmp_path, monkeypatch, ca
     assert json.loads((runs[1] / "eval.json").read_text())["status"] == "completed"
 
 
+def test_re_evaluating_a_run_keeps_each_earlier_eval_json(finished, tmp_path, monkeypatch, capsys):
+    shutil.copytree(finished / "0", tmp_path / "run")
+    for num_samples in (20, 30, 40):
+        argv = [f"run_dir={tmp_path / 'run'}", *EVAL_QUICK, f"eval.num_samples={num_samples}"]
+        assert invoke("evaluate", argv, monkeypatch, capsys)[0] == 0
+
+    def samples_of(path: Path) -> int:
+        return json.loads(path.read_text())["eval"]["num_samples"]
+
+    assert samples_of(tmp_path / "run" / "eval.json") == 40
+    history = tmp_path / "run" / "evals"
+    assert sorted(p.name for p in history.iterdir()) == ["1.json", "2.json"]
+    assert [samples_of(history / f"{n}.json") for n in (1, 2)] == [20, 30]
+
+
 def test_evaluate_writes_each_stage_as_it_ends_and_files_are_readable_by_others(
     finished, tmp_path, monkeypatch
 ):

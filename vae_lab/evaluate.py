@@ -41,7 +41,8 @@ run's own in metrics.json (the other figures are recomputed and overwritten). A 
 Cremer et al.'s L[q*_flow] and L[q*_FFG] of one model in one call.
 
 Writes ``eval.json`` in the run folder and merges its ``eval/*`` metrics into ``metrics.json``
-as each stage ends, and adds them to the run's W&B run if it had one. This module composes the
+as each stage ends, and adds them to the run's W&B run if it had one; an earlier evaluation's
+``eval.json`` is first kept as ``evals/<n>.json``. This module composes the
 pieces; the maths is in vae_lab.elbo, vae_lab.ais, vae_lab.gaps and vae_lab.data.linear_gaussian.
 """
 
@@ -119,6 +120,8 @@ log = logging.getLogger(__name__)
 AIS_SHORTFALL_NATS = 1.0
 
 EVAL_FILE = "eval.json"
+#: earlier evaluations' eval.json, numbered in the order they were made: evals/1.json, ...
+EVAL_HISTORY = "evals"
 SPLITS = ("train", "val", "test")
 #: keys an evaluation may override (a prefix ending in "." stands for every key below it)
 EVAL_OVERRIDABLE = ("eval.", "sample_quality.", "refit.", "data.root", "data.download",
@@ -289,6 +292,21 @@ def check_writable(run_dir: Path) -> None:
             f"cannot write into {run_dir} ({err.strerror or err}): evaluate writes eval.json "
             "and metrics.json there; make it writable or evaluate a copy"
         ) from err
+
+
+def keep_earlier_evaluation(run_dir: Path) -> None:
+    """Move an earlier evaluation's eval.json to evals/<n>.json before this one writes its own,
+    so that re-evaluating a run (with other settings, or after a failure) loses no record;
+    metrics.json holds the latest figure of each name."""
+    current = run_dir / EVAL_FILE
+    if not current.exists():
+        return
+    history = run_dir / EVAL_HISTORY
+    history.mkdir(exist_ok=True)
+    done = [int(p.stem) for p in history.glob("*.json") if p.stem.isdigit()]
+    kept = history / f"{max(done, default=0) + 1}.json"
+    current.rename(kept)
+    log.info("the earlier evaluation's %s is kept as %s", EVAL_FILE, kept)
 
 
 def eval_device(name: str) -> torch.device:
@@ -592,6 +610,7 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
         write_json(run.run_dir / EVAL_FILE, {**head, "status": status, **chosen, **metrics})
         update_metrics(run.run_dir, metrics)
 
+    keep_earlier_evaluation(run.run_dir)
     token = stage_sink.set(save)
     try:
         metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
