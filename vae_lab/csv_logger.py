@@ -22,6 +22,15 @@ from vae_lab.outputs import write_text
 METRICS_CSV = "metrics.csv"
 
 
+def _header(path: Path) -> list[str]:
+    """The column names, read from the first line alone: Lightning saves the logger at every
+    logged step, and reading the whole file there made a run quadratic in its length."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return next(csv.reader(file), [])
+
+
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.is_file():
         return [], []
@@ -81,7 +90,7 @@ class CSVLogger(Logger):
     def save(self) -> None:
         if not self.pending:
             return
-        columns, _ = _read(self.path)
+        columns = _header(self.path)
         new = sorted({k for row in self.pending for k in row} - set(columns))
         if new or not self.path.is_file():
             columns, rows = _read(self.path)
