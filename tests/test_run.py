@@ -53,15 +53,16 @@ def test_shrunk_run_writes_completed_metrics(tmp_path):
     assert metrics["fit_time_s"] + metrics["test_time_s"] < metrics["wall_time_s"]
 
 
-def test_validation_settings_leave_the_trained_model_alone(tmp_path):
+def test_validation_and_logging_settings_leave_the_trained_model_alone(tmp_path):
     """Validation draws from its own seeded stream: two runs that differ only in how much they
-    validate (K, batches, the sanity check) train the same weights, step for step."""
+    validate (K, batches, the sanity check) and log train the same weights, step for step."""
     choices = {"posterior": "gaussian", "prior": "standard", "data": "digits"}
     common = ["trainer.max_epochs=2"]
     weights = []
     for name, val in {"light": ["eval.val_num_samples=2", "trainer.num_sanity_val_steps=0"],
                       "heavy": ["eval.val_num_samples=7", "trainer.limit_val_batches=2",
-                                "trainer.num_sanity_val_steps=1"]}.items():  # fmt: skip
+                                "trainer.num_sanity_val_steps=1",
+                                "trainer.log_every_n_steps=1"]}.items():  # fmt: skip
         execute(compose_config(common + val), tmp_path / name, choices)
         ckpt = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
         weights.append(ckpt["state_dict"])

@@ -26,6 +26,7 @@ NOT_IDENTITY = (
     "data.mirror",
     "logger",
     "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
     "trainer.enable_model_summary",
     "callbacks.image_grids",
     "eval.device",
