@@ -91,8 +91,8 @@ class CSVLogger(Logger):
         if not self.pending:
             return
         columns = _header(self.path)
-        new = sorted({k for row in self.pending for k in row} - set(columns))
-        if new or not self.path.is_file():
+        new = {k for row in self.pending for k in row} - set(columns)
+        if new:  # a missing or empty file has no header: every name is new
             columns, rows = _read(self.path)
             _write(self.path, sorted({*columns, *new}), [*rows, *self.pending])
         else:
