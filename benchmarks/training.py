@@ -22,6 +22,13 @@ one-off set-up is reported apart. Validation is off (it is not a cost of a train
 three loops draw the same random numbers in the same order (the binarisation of a batch, then
 its z), so they end on the same loss (``same_loss``, to float32 rounding): evidence that the
 reference trains the same model.
+
+The Trainer's floor: the framework and module loops again on ``FLOOR_MODEL``, a model with
+almost no arithmetic (no hidden layers, one latent dimension), whose difference is the
+Trainer's own cost per step (``step_ms_trainer_floor``: hooks, closure, batch transfer,
+progress bar and logging), whatever the module does. ``ratio_at_trainer_floor`` = (bare +
+floor) / bare is the best ``framework / bare`` any module could reach under Lightning's loop
+with this bare step: with a distributions layer that cost nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ class Size:
 
 #: a size that runs in a second or two: checks the code, not the speed
 TINY = Size(batches=3, repeats=1)
+
+#: the model of the Trainer's floor: no hidden layers and one latent dimension
+FLOOR_MODEL = {"model.hidden": "[]", "latent_dim": "1"}
 
 
 @dataclass
@@ -166,11 +176,14 @@ def bare_loss(model: VAE) -> Callable[[Tensor], Tensor]:
 
 
 def run(bench: Bench, size: Size) -> Result:
+    floor = Bench.create({**bench.overrides, **FLOOR_MODEL})
     epochs = rounds(
         {
             "framework": lambda: framework_epoch(bench, size),
             "module": lambda: plain_epoch(bench, size, module_loss),
             "bare": lambda: plain_epoch(bench, size, bare_loss),
+            "floor_framework": lambda: framework_epoch(floor, size),
+            "floor_module": lambda: plain_epoch(floor, size, module_loss),
         },
         size.repeats,
     )
@@ -180,7 +193,8 @@ def run(bench: Bench, size: Size) -> Result:
     ]
     steps = sum(1 for _ in epoch_batches(bench, size))
     per_step_ms = {name: 1e3 * s / steps for name, s in seconds.items()}
-    loss = {name: runs[0].loss for name, runs in epochs.items()}
+    trainer_floor = per_step_ms["floor_framework"] - per_step_ms["floor_module"]
+    loss = {name: epochs[name][0].loss for name in ("framework", "module", "bare")}
     figures = {
         "steps": steps,
         "epoch_s_framework": seconds["framework"],
@@ -194,6 +208,8 @@ def run(bench: Bench, size: Size) -> Result:
         "step_ms_bare": per_step_ms["bare"],
         "step_ms_trainer_overhead": per_step_ms["framework"] - per_step_ms["module"],
         "step_ms_distributions_overhead": per_step_ms["module"] - per_step_ms["bare"],
+        "step_ms_trainer_floor": trainer_floor,
+        "ratio_at_trainer_floor": (per_step_ms["bare"] + trainer_floor) / per_step_ms["bare"],
         "loss_framework": loss["framework"],
         "loss_module": loss["module"],
         "loss_bare": loss["bare"],
