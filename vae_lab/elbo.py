@@ -227,7 +227,7 @@ class IWEstimate:
     elbo: Estimate
     ess: Tensor  # effective sample size (sum w)^2 / sum w^2
     khat: Tensor  # Pareto k-hat of the weights (nan where K < 6 or the largest are all equal)
-    z_mean: Tensor  # the sample mean of z under q, an estimate of E_q[z], [B, D]
+    z_mean: Estimate  # the sample mean of z under q, an estimate of E_q[z], [B, D]
     num_samples: int
 
 
@@ -260,8 +260,8 @@ def iw_of_weights(log_weights: LogWeights, num_samples: int, chunk_size: int) ->
         log_w = log_w.double()
         chunk_max = log_w.max(0).values
         if done == 0:
-            m, s1, s2, z_sum = chunk_max, 0.0, 0.0, 0.0
-            elbo = StreamedMean()
+            m, s1, s2 = chunk_max, 0.0, 0.0
+            elbo, z_mean = StreamedMean(), StreamedMean()
             top = log_w[:0]
         new_m = torch.maximum(m, chunk_max)
         rescale = torch.exp(m - new_m)
@@ -270,11 +270,11 @@ def iw_of_weights(log_weights: LogWeights, num_samples: int, chunk_size: int) ->
         s2 = s2 * rescale**2 + (rel**2).sum(0)
         elbo.update(log_w)
         top = torch.cat([top, log_w]).topk(min(keep, done + n), dim=0).values
-        z_sum = z_sum + z.sum(0)
+        z_mean.update(z)
         m = new_m
     log_px, ess = _log_mean_weight(m, s1, s2, num_samples)
     khat = pareto_khat(top) if keep > 1 else torch.full_like(m, math.nan)
-    return IWEstimate(log_px, elbo.estimate(), ess, khat, z_sum / num_samples, num_samples)
+    return IWEstimate(log_px, elbo.estimate(), ess, khat, z_mean.estimate(), num_samples)
 
 
 def _log_mean_weight(m: Tensor, s1: Tensor, s2: Tensor, k: int) -> tuple[Estimate, Tensor]:

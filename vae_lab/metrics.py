@@ -75,7 +75,12 @@ class IWLogLikelihood(Metric):
 
 
 class ActiveUnits(Metric):
-    """Latent dimensions u with Cov_x(E_q[z_u]) > threshold (Burda et al. 2016, threshold 0.01)."""
+    """Latent dimensions u with Cov_x(E_q[z_u]) > threshold (Burda et al. 2016, threshold 0.01).
+
+    E_q[z_u] is known only as a K-sample mean m_u(x), whose Monte Carlo variance v_u(x) adds to
+    its spread over x: E[Var_x(m_u)] = Cov_x(E_q[z_u]) + E_x[v_u(x)]. That noise is
+    subtracted, else a collapsed unit (q = p(z) = N(0, 1), v = 1/K) reads active at K <= 100.
+    """
 
     full_state_update = False
 
@@ -85,15 +90,17 @@ class ActiveUnits(Metric):
         zeros = torch.zeros(latent_dim, dtype=torch.float64)
         self.add_state("total", zeros.clone(), dist_reduce_fx="sum")
         self.add_state("total_sq", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("noise", zeros.clone(), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, posterior_means: Tensor) -> None:
-        means = posterior_means.double()
+    def update(self, posterior_means: Estimate) -> None:
+        means = posterior_means.value.double()
         self.total += means.sum(0)
         self.total_sq += (means**2).sum(0)
+        self.noise += posterior_means.variance.double().sum(0)
         self.count += means.shape[0]
 
     def compute(self) -> Tensor:
         mean = self.total / self.count
-        variance = self.total_sq / self.count - mean**2
+        variance = self.total_sq / self.count - mean**2 - self.noise / self.count
         return (variance > self.threshold).sum().double()
