@@ -37,6 +37,12 @@ NON_NEGATIVE_NUMBER: Rule = (
     "a non-negative number",
 )
 
+#: draws of an estimate whose standard error is reported: one draw has no sample variance
+SAMPLES_WITH_STDERR: Rule = (
+    lambda v: _integer(v) and v >= 2,
+    "an integer >= 2 (draws of an estimate: its stderr needs two)",
+)
+
 
 def one_of(*allowed: Any) -> Rule:
     return (lambda v: v in allowed, "one of " + ", ".join(map(str, allowed)))
@@ -66,10 +72,10 @@ RUN_RULES: dict[str, Rule] = {
     "latent_dim": POSITIVE_INT,
     "kl_warmup_steps": (NON_NEGATIVE_INT[0], "a non-negative integer (0 = no warm-up)"),
     "num_threads": optional(POSITIVE_INT),
-    "eval.num_samples": (POSITIVE_INT[0], "a positive integer (K of the IW estimate)"),
+    "eval.num_samples": SAMPLES_WITH_STDERR,
     "eval.chunk_size": optional((POSITIVE_INT[0], "a positive integer (samples drawn at once)")),
     "eval.compile": one_of(True, False),
-    "eval.val_num_samples": POSITIVE_INT,
+    "eval.val_num_samples": SAMPLES_WITH_STDERR,
     "sample_quality.rendering": one_of("mean", "sample"),
     "sample_quality.max_images": optional(POSITIVE_INT),
     "sample_quality.nearest_k": POSITIVE_INT,
