@@ -143,6 +143,15 @@ def test_several_folders_into_another(tmp_path, sweep):
     assert "`../sweep/0`" in report
 
 
+def test_a_run_named_twice_is_counted_once(tmp_path, sweep, monkeypatch):
+    """The sweep and one of its runs, the run by another spelling of its path."""
+    monkeypatch.chdir(tmp_path)
+    write_report([sweep, Path("sweep") / ".." / "sweep" / "0"], tmp_path / "out")
+    assert rows((tmp_path / "out" / "report.md").read_text())["gaussian"][2] == "2"
+    with (tmp_path / "out" / "report.csv").open() as file:
+        assert len(list(csv.DictReader(file))) == 5
+
+
 def test_unreadable_metrics_is_listed(sweep):
     (sweep / "1" / "metrics.json").write_text("{not json")
     write_report([sweep])

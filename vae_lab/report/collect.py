@@ -116,7 +116,10 @@ def find_runs(folders: Sequence[Path]) -> list[Run]:
         if not found:
             raise NoRunsError(f"no {METRICS_FILE} under {folder}: not a run or sweep folder")
         paths.extend(found)
-    return sorted((read_run(p) for p in dict.fromkeys(paths)), key=run_key)
+    unique: dict[Path, Path] = {}  # a run named twice (a folder and its parent, a link) is one
+    for path in paths:
+        unique.setdefault(path.resolve(), path)
+    return sorted((read_run(p) for p in unique.values()), key=run_key)
 
 
 def with_status(runs: Iterable[Run], status: str) -> list[Run]:
