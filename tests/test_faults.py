@@ -114,6 +114,20 @@ def empty_folder(tmp: Path) -> None:
     (tmp / "empty").mkdir()
 
 
+def training_folder(tmp: Path) -> None:
+    """``training``: a copy of job 0 whose record says it is still training."""
+    shutil.copytree(tmp / "sweep" / "0", tmp / "training")
+    record = read_metrics(tmp / "training")
+    (tmp / "training" / "metrics.json").write_text(json.dumps({**record, "status": "running"}))
+
+
+def corrupt_record(tmp: Path) -> None:
+    """``corrupt``: a copy of job 0 whose metrics.json was cut short."""
+    shutil.copytree(tmp / "sweep" / "0", tmp / "corrupt")
+    path = tmp / "corrupt" / "metrics.json"
+    path.write_text(path.read_text()[:100])
+
+
 @dataclass
 class Case:
     argv: list[str]  # {tmp}: the case's folder; {run}: a finished run; {sweep}: its sweep
@@ -142,7 +156,7 @@ CASES = {
     "latent_dim": Case(["latent_dim=-1", NEW], 2, "latent_dim=-1"),
     "seed": Case(["seed=-3", NEW], 2, "seed=-3"),
     "kl_warmup_steps": Case(["kl_warmup_steps=-1", NEW], 2, "kl_warmup_steps=-1"),
-    "eval.num_samples": Case(["eval.num_samples=0", NEW], 2, "eval.num_samples=0"),
+    "eval.num_samples": Case(["eval.num_samples=1", NEW], 2, "eval.num_samples=1"),
     "eval.chunk_size": Case(["eval.chunk_size=0", NEW], 2, "eval.chunk_size=0"),
     "optim.lr": Case(["optim.lr=-0.1", NEW], 2, "optim.lr=-0.1"),
     "an optimizer without a fused form": Case(
@@ -215,6 +229,9 @@ CASES = {
     "resume into another folder": Case(
         ["resume={run}", "hydra.run.dir={tmp}/new"], 2, "resume={run} with hydra.run.dir={tmp}/new"
     ),  # fmt: skip
+    "resume a corrupt record": Case(
+        ["resume={tmp}/corrupt"], 2, "{tmp}/corrupt/metrics.json is not", setup=corrupt_record
+    ),  # fmt: skip
     "resume in a sweep": Case(
         ["-m", "resume={run}", "hydra.sweep.dir={tmp}/s"], 1, "resume", fields={"stdout": True}
     ),  # fmt: skip
@@ -244,6 +261,20 @@ CASES = {
         "ckpt_path={run}/checkpoints/corrupt.ckpt",
         "evaluate",
         setup=corrupt_checkpoint,
+    ),  # fmt: skip
+    "evaluate a run still training": Case(
+        ["run_dir={tmp}/training", *EVAL_QUICK],
+        2,
+        "{tmp}/training is still training",
+        "evaluate",
+        setup=training_folder,
+    ),  # fmt: skip
+    "evaluate a corrupt record": Case(
+        ["run_dir={tmp}/corrupt", *EVAL_QUICK],
+        2,
+        "{tmp}/corrupt/metrics.json is not",
+        "evaluate",
+        setup=corrupt_record,
     ),  # fmt: skip
     "evaluate a foreign checkpoint": Case(
         ["run_dir={tmp}/other", "ckpt_path={run}/checkpoints/best.ckpt", *EVAL_QUICK],
@@ -364,6 +395,52 @@ def test_re_evaluating_a_run_keeps_each_earlier_eval_json(finished, tmp_path, mo
     assert [samples_of(history / f"{n}.json") for n in (1, 2)] == [20, 30]
 
 
+def test_an_interrupted_evaluation_says_so_and_its_record_holds_its_own_figures_alone(
+    finished, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C during AIS, after an earlier evaluation wrote every stage: exit 130 with one line;
+    eval.json records the stages done as interrupted, and metrics.json holds the figures of
+    this evaluation alone, the earlier one's kept whole in evals/1.json."""
+    shutil.copytree(finished / "0", tmp_path / "run")
+    argv = [f"run_dir={tmp_path / 'run'}", *EVAL_QUICK]
+    assert invoke("evaluate", [*argv, "eval.num_samples=30"], monkeypatch, capsys)[0] == 0
+    earlier = json.loads((tmp_path / "run" / "eval.json").read_text())
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "ais_log_px", pressed)
+    status, err = invoke("evaluate", argv, monkeypatch, capsys)
+    assert status == 128 + signal.SIGINT
+    assert err.strip().splitlines()[-1].startswith("interrupted by SIGINT: eval.json keeps")
+    assert "Traceback" not in err
+    written = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert written["status"] == "interrupted" and written["eval"]["num_samples"] == 20
+    assert json.loads((tmp_path / "run" / "evals" / "1.json").read_text()) == earlier
+    figures = {k: v for k, v in read_metrics(tmp_path / "run").items() if k.startswith("eval/")}
+    assert "eval/log_px" in figures and figures == {k: written[k] for k in figures}
+    assert set(figures) < {k for k in earlier if k.startswith("eval/")}  # AIS's are gone
+
+
+def test_a_resumed_run_retires_the_evaluation_of_its_earlier_checkpoint(
+    finished, tmp_path, monkeypatch, capsys
+):
+    shutil.copytree(finished / "0", tmp_path / "run")
+    argv = [f"run_dir={tmp_path / 'run'}", *EVAL_QUICK]
+    assert invoke("evaluate", argv, monkeypatch, capsys)[0] == 0
+    earlier = json.loads((tmp_path / "run" / "eval.json").read_text())
+    resume = [f"resume={tmp_path / 'run'}", "trainer.max_epochs=2"]
+    status, err = invoke("run", resume, monkeypatch, capsys)
+    assert status == 0, err[-2000:]
+    record = read_metrics(tmp_path / "run")
+    assert record["status"] == "completed" and "test/log_px" in record
+    assert not [k for k in record if k.startswith("eval/")]
+    assert not (tmp_path / "run" / "eval.json").exists()
+    assert json.loads((tmp_path / "run" / "evals" / "1.json").read_text()) == earlier
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["best.ckpt", "last.ckpt"]  # what evaluate reads is the run's best
+
+
 def test_evaluate_writes_each_stage_as_it_ends_and_files_are_readable_by_others(
     finished, tmp_path, monkeypatch
 ):
@@ -380,7 +457,8 @@ def test_evaluate_writes_each_stage_as_it_ends_and_files_are_readable_by_others(
             evaluate.evaluate_run(evaluate.locate(str(tmp_path / "run"), None)[0], request,
                                   EVAL_QUICK)  # fmt: skip
     written = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert written["status"] == "running" and written["eval"]["num_samples"] == 20
+    assert written["status"] == "failed" and written["error"] == "RuntimeError: AIS broke"
+    assert written["eval"]["num_samples"] == 20
     for key in ("eval/log_px", "eval/elbo", "eval/psis_khat", "eval/time_iw_s"):
         assert key in written and key in read_metrics(tmp_path / "run"), key
     umask = os.umask(0)

@@ -161,6 +161,7 @@ def build_trainer(
         monitor="val/elbo",
         mode="max",
         save_last=True,
+        enable_version_counter=False,  # a run copied elsewhere and resumed keeps one best.ckpt
     )
     extra = [
         component(c, f"callbacks.{name}")

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -94,9 +95,17 @@ from vae_lab.gaps import (
     qstar_start,
     warn_if_residual_matters,
 )
+from vae_lab.interrupts import catching_signals, received, resume_command
 from vae_lab.metrics import IWLogLikelihood
 from vae_lab.module import VAE
-from vae_lab.outputs import METRICS_FILE, read_metrics, update_metrics, write_json
+from vae_lab.outputs import (
+    EVAL_FILE,
+    METRICS_FILE,
+    read_metrics,
+    retire_evaluation,
+    update_metrics,
+    write_json,
+)
 from vae_lab.paths import CONF_DIR
 from vae_lab.posteriors import PosteriorFamily
 from vae_lab.psis import warn_if_unreliable
@@ -107,6 +116,7 @@ from vae_lab.validation import (
     NON_NEGATIVE_NUMBER,
     POSITIVE_INT,
     POSITIVE_NUMBER,
+    SAMPLES_WITH_STDERR,
     ConfigError,
     Rule,
     one_of,
@@ -119,9 +129,6 @@ log = logging.getLogger(__name__)
 #: AIS this far below the IW estimate is reported: its annealing is too short for the model
 AIS_SHORTFALL_NATS = 1.0
 
-EVAL_FILE = "eval.json"
-#: earlier evaluations' eval.json, numbered in the order they were made: evals/1.json, ...
-EVAL_HISTORY = "evals"
 SPLITS = ("train", "val", "test")
 #: keys an evaluation may override (a prefix ending in "." stands for every key below it)
 EVAL_OVERRIDABLE = ("eval.", "sample_quality.", "refit.", "data.root", "data.download",
@@ -147,7 +154,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.gap_points": optional(POSITIVE_INT),
     "eval.seed": NON_NEGATIVE_INT,
     "eval.ais_steps": POSITIVE_INT,
-    "eval.ais_chains": POSITIVE_INT,
+    "eval.ais_chains": SAMPLES_WITH_STDERR,
     "eval.ais_leapfrog_steps": POSITIVE_INT,
     "eval.qstar_family": (_families, "a posterior option, a non-empty list of them, or null"),
     "eval.qstar_init": one_of("encoder", "prior"),
@@ -294,19 +301,15 @@ def check_writable(run_dir: Path) -> None:
         ) from err
 
 
-def keep_earlier_evaluation(run_dir: Path) -> None:
-    """Move an earlier evaluation's eval.json to evals/<n>.json before this one writes its own,
-    so that re-evaluating a run (with other settings, or after a failure) loses no record;
-    metrics.json holds the latest figure of each name."""
-    current = run_dir / EVAL_FILE
-    if not current.exists():
-        return
-    history = run_dir / EVAL_HISTORY
-    history.mkdir(exist_ok=True)
-    done = [int(p.stem) for p in history.glob("*.json") if p.stem.isdigit()]
-    kept = history / f"{max(done, default=0) + 1}.json"
-    current.rename(kept)
-    log.info("the earlier evaluation's %s is kept as %s", EVAL_FILE, kept)
+def check_trained(run_dir: Path) -> None:
+    """Refuse a run that is still training: its checkpoints change under the evaluation, and
+    its end rewrites metrics.json without the evaluation's figures."""
+    if (run_dir / METRICS_FILE).is_file() and read_metrics(run_dir).get("status") == "running":
+        raise ConfigError(
+            f"{run_dir} is still training (status: running in its {METRICS_FILE}): evaluate it "
+            f"when it ends; if its job was killed, finish it first with "
+            f"`{resume_command(run_dir)}`"
+        )
 
 
 def eval_device(name: str) -> torch.device:
@@ -578,6 +581,7 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
     """Every stage on the run; eval.json and metrics.json are written as each stage ends."""
     cfg = load_config(run, request, overrides)
     check_writable(run.run_dir)
+    check_trained(run.run_dir)
     use_threads(cfg.get("num_threads"))
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -606,15 +610,23 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
         "eval": settings,
     }
 
+    written: dict[str, float] = {}  # the figures of the stages done
+
     def save(metrics: dict[str, float], status: str = "running", **chosen: Any) -> None:
-        write_json(run.run_dir / EVAL_FILE, {**head, "status": status, **chosen, **metrics})
+        written.update(metrics)
+        write_json(run.run_dir / EVAL_FILE, {**head, "status": status, **chosen, **written})
         update_metrics(run.run_dir, metrics)
 
-    keep_earlier_evaluation(run.run_dir)
+    retire_evaluation(run.run_dir)
     token = stage_sink.set(save)
     try:
         metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
         quality, quality_record = sample_quality_stage(cfg, model, datamodule, x, run.run_dir)
+    except BaseException as err:  # the stages done stay, under the status of the evaluation
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        error = f"{type(err).__name__}: {err}".rstrip(": ")
+        write_json(run.run_dir / EVAL_FILE, {**head, "status": status, "error": error, **written})
+        raise
     finally:
         stage_sink.reset(token)
     if cfg.eval.compile:
@@ -676,8 +688,23 @@ def app(request: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """The command line; given ``argv`` (tests), the same request composed with Hydra's
-    compose API in this process, returning the last run's record."""
+    compose API in this process, returning the last run's record. SIGINT and SIGTERM stop it
+    with exit status 128 + signal, the run's eval.json recording the stages done."""
     _failures.clear()
+    try:
+        with catching_signals():
+            return _main(argv)
+    except KeyboardInterrupt:
+        signum = received() or signal.SIGINT
+        print(
+            f"interrupted by {signal.Signals(signum).name}: eval.json keeps the stages done "
+            "(status: interrupted); evaluate again to finish",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
+
+
+def _main(argv: list[str] | None) -> dict[str, Any] | None:
     if argv is None:
         app()
         if _failures:

@@ -1,4 +1,5 @@
-"""The run folder's ``metrics.json``: one flat JSON object, written atomically.
+"""The run folder's records: ``metrics.json``, one flat JSON object, and ``eval.json``, the
+latest evaluation's, each written atomically.
 
 Files are written to a temporary file beside the target, given the permissions of any file
 the process creates (0666 less the umask, as ``open`` gives: 0644 by default, so another user
@@ -8,13 +9,23 @@ of a shared folder can read them), then renamed over the target: readers never s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from vae_lab.validation import ConfigError
+
+log = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.json"
+#: the latest evaluation's record (``vae_lab.evaluate``); earlier ones in evals/<n>.json
+EVAL_FILE = "eval.json"
+EVAL_HISTORY = "evals"
+#: the names of the evaluation's figures in metrics.json
+EVAL_PREFIX = "eval/"
 
 
 def _plain(value: Any) -> Any:
@@ -47,7 +58,18 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / METRICS_FILE).read_text())
+    """The run's record; a file that is not one JSON object is a one-line ``ConfigError``."""
+    path = run_dir / METRICS_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        record = err
+    if not isinstance(record, dict):
+        raise ConfigError(
+            f"{path} is not a run's record (not a JSON object: {record}); restore it, or move "
+            "it away to evaluate the checkpoint alone"
+        )
+    return record
 
 
 def update_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -55,3 +77,24 @@ def update_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     path = run_dir / METRICS_FILE
     current = read_metrics(run_dir) if path.exists() else {}
     write_json(path, {**current, **record})
+
+
+def retire_evaluation(run_dir: Path) -> Path | None:
+    """Before a new evaluation of the run, or training that changes its checkpoints: move the
+    earlier evaluation's eval.json to evals/<n>.json and take its figures (``eval/*``) out of
+    metrics.json, so that metrics.json never mixes figures of two evaluations, or of a
+    checkpoint that is gone, and no record is lost. Returns where eval.json went, if it was."""
+    current, kept = run_dir / EVAL_FILE, None
+    if current.exists():
+        history = run_dir / EVAL_HISTORY
+        history.mkdir(exist_ok=True)
+        done = [int(p.stem) for p in history.glob("*.json") if p.stem.isdigit()]
+        kept = history / f"{max(done, default=0) + 1}.json"
+        current.rename(kept)
+        log.info("the earlier evaluation's %s is kept as %s", EVAL_FILE, kept)
+    if (run_dir / METRICS_FILE).exists():
+        record = read_metrics(run_dir)
+        if any(k.startswith(EVAL_PREFIX) for k in record):
+            kept_record = {k: v for k, v in record.items() if not k.startswith(EVAL_PREFIX)}
+            write_json(run_dir / METRICS_FILE, kept_record)
+    return kept

@@ -44,7 +44,14 @@ from vae_lab.csv_logger import CSVLogger
 from vae_lab.data import DataFileError
 from vae_lab.identity import choices_of, config_hash, identity
 from vae_lab.interrupts import Interrupted, catching_signals, received, resume_command
-from vae_lab.outputs import METRICS_FILE, read_metrics, write_json, write_text
+from vae_lab.outputs import (
+    EVAL_PREFIX,
+    METRICS_FILE,
+    read_metrics,
+    retire_evaluation,
+    write_json,
+    write_text,
+)
 from vae_lab.paths import CONF_DIR
 from vae_lab.tracking import finish_run
 from vae_lab.validation import ConfigError, validate
@@ -237,7 +244,14 @@ def resume_config(
             f"{', '.join(EXTENDABLE)} may change"
         )
     saved = OmegaConf.load(saved_path)
-    record = read_metrics(folder)
+    record = {k: v for k, v in read_metrics(folder).items() if not k.startswith(EVAL_PREFIX)}
+    if rank_zero_only.rank == 0 and (kept := retire_evaluation(folder)) is not None:
+        log.warning(
+            "resuming %s: its evaluation, of the checkpoints training is about to change, is "
+            "kept as %s and leaves metrics.json; evaluate the run again when it ends",
+            folder,
+            kept,
+        )
     for override in changes:
         key = _key(override)
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
