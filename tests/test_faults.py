@@ -415,7 +415,8 @@ def test_an_interrupted_evaluation_says_so_and_its_record_holds_its_own_figures_
     assert err.strip().splitlines()[-1].startswith("interrupted by SIGINT: eval.json keeps")
     assert "Traceback" not in err
     written = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert written["status"] == "interrupted" and written["eval"]["num_samples"] == 20
+    assert written["status"] == "interrupted" and written["error"] == "interrupted by SIGINT"
+    assert written["eval"]["num_samples"] == 20
     assert json.loads((tmp_path / "run" / "evals" / "1.json").read_text()) == earlier
     figures = {k: v for k, v in read_metrics(tmp_path / "run").items() if k.startswith("eval/")}
     assert "eval/log_px" in figures and figures == {k: written[k] for k in figures}

@@ -623,8 +623,10 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
         metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
         quality, quality_record = sample_quality_stage(cfg, model, datamodule, x, run.run_dir)
     except BaseException as err:  # the stages done stay, under the status of the evaluation
-        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        error = f"{type(err).__name__}: {err}".rstrip(": ")
+        if isinstance(err, KeyboardInterrupt):
+            status, error = "interrupted", f"interrupted by {signal_name()}"
+        else:
+            status, error = "failed", f"{type(err).__name__}: {err}"
         write_json(run.run_dir / EVAL_FILE, {**head, "status": status, "error": error, **written})
         raise
     finally:
@@ -695,13 +697,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         with catching_signals():
             return _main(argv)
     except KeyboardInterrupt:
-        signum = received() or signal.SIGINT
         print(
-            f"interrupted by {signal.Signals(signum).name}: eval.json keeps the stages done "
+            f"interrupted by {signal_name()}: eval.json keeps the stages done "
             "(status: interrupted); evaluate again to finish",
             file=sys.stderr,
         )
-        sys.exit(128 + signum)
+        sys.exit(128 + (received() or signal.SIGINT))
+
+
+def signal_name() -> str:
+    """The signal that stopped the evaluation: SIGTERM, or SIGINT (Ctrl-C)."""
+    return signal.Signals(received() or signal.SIGINT).name
 
 
 def _main(argv: list[str] | None) -> dict[str, Any] | None:
