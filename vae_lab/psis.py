@@ -68,7 +68,8 @@ def warn_if_unreliable(prefix: str, khat_bad: float, k_name: str) -> bool:
         return False
     log.warning(
         "%s/psis_khat_bad = %.3f: the importance weights of %.1f%% of the datapoints have "
-        "Pareto k-hat > %.1f, so %s/log_px lies below log p(x) by more than its stderr; "
+        "Pareto k-hat > %.1f, so %s/log_px lies below log p(x) by more than its stderr, "
+        "which itself understates its noise there; "
         "raise %s or use AIS (python -m vae_lab.evaluate)",
         prefix, khat_bad, 100 * khat_bad, KHAT_BAD, prefix, k_name,
     )  # fmt: skip
