@@ -54,6 +54,7 @@ def test_evaluate_writes_the_contract_metrics_and_gaps(digits_run):
     assert written == record and written["eval"]["num_samples"] == 300
     metrics = read_metrics(digits_run)
     assert metrics["status"] == "completed" and "test/log_px" in metrics  # merged, not replaced
+    assert metrics["eval/split"] == written["split"] == "test"  # what the report reads them as
     for key in (*CONTRACT, "eval/log_px", "eval/elbo", "eval/log_px_best", "eval/time_iw_s",
                 "eval/time_ais_s", "eval/time_qstar_s"):  # fmt: skip
         assert math.isfinite(metrics[key]) and metrics[key] == record[key], key

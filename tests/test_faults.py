@@ -419,6 +419,7 @@ def test_an_interrupted_evaluation_says_so_and_its_record_holds_its_own_figures_
     assert written["eval"]["num_samples"] == 20
     assert json.loads((tmp_path / "run" / "evals" / "1.json").read_text()) == earlier
     figures = {k: v for k, v in read_metrics(tmp_path / "run").items() if k.startswith("eval/")}
+    assert figures.pop("eval/split") == written["split"]
     assert "eval/log_px" in figures and figures == {k: written[k] for k in figures}
     assert set(figures) < {k for k in earlier if k.startswith("eval/")}  # AIS's are gone
 

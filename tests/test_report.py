@@ -93,6 +93,19 @@ def test_evaluated_gaps_get_columns_and_stacked_bars(sweep):
     assert rows(report)["gaussian"][-3:] == ["—", "—", "—"]
 
 
+def test_gaps_evaluated_on_another_split_are_listed_not_tabled(sweep):
+    """The table's figures are per test image: the gaps of a run evaluated on the training
+    split neither enter it nor pool with another seed's test-split gaps."""
+    gaps = {"eval/approximation_gap": 0.5, "eval/amortization_gap": 1.5}
+    make_run(sweep / "5", "iaf", 0, **completed(-88.0, -90.0, **gaps, **{"eval/split": "test"}))
+    make_run(sweep / "6", "iaf", 1, **completed(-88.0, -90.0, **gaps, **{"eval/split": "train"}))
+    write_report([sweep])
+    report = (sweep / "report.md").read_text()
+    assert rows(report)["iaf"][-2:] == ["0.50 (n=1)", "1.50 (n=1)"]
+    listing = report.split("## Evaluated on another split than test")[1].split("##")[0]
+    assert "`6`" in listing and "`5`" not in listing
+
+
 def test_a_metric_of_some_runs_only_says_its_n(sweep):
     (sweep / "0" / "metrics.json").write_text(
         json.dumps(

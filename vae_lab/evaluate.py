@@ -100,6 +100,7 @@ from vae_lab.metrics import IWLogLikelihood
 from vae_lab.module import VAE
 from vae_lab.outputs import (
     EVAL_FILE,
+    EVAL_SPLIT,
     METRICS_FILE,
     read_metrics,
     retire_evaluation,
@@ -615,7 +616,7 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
     def save(metrics: dict[str, float], status: str = "running", **chosen: Any) -> None:
         written.update(metrics)
         write_json(run.run_dir / EVAL_FILE, {**head, "status": status, **chosen, **written})
-        update_metrics(run.run_dir, metrics)
+        update_metrics(run.run_dir, {**metrics, EVAL_SPLIT: cfg.eval.split})
 
     retire_evaluation(run.run_dir)
     token = stage_sink.set(save)

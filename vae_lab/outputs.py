@@ -26,6 +26,8 @@ EVAL_FILE = "eval.json"
 EVAL_HISTORY = "evals"
 #: the names of the evaluation's figures in metrics.json
 EVAL_PREFIX = "eval/"
+#: in metrics.json, the split the eval/* figures are of (absent: test, as before it was kept)
+EVAL_SPLIT = "eval/split"
 
 
 def _plain(value: Any) -> Any:

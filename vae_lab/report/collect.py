@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vae_lab.identity import REPLICATE, choices_of, identity
-from vae_lab.outputs import METRICS_FILE
+from vae_lab.outputs import EVAL_PREFIX, EVAL_SPLIT, METRICS_FILE
 
 #: the groups a metrics.json names when its run folder has no .hydra/ to read them from
 RECORDED_GROUPS = ("data", "posterior", "prior", "likelihood", "model")
@@ -71,8 +71,16 @@ class Run:
             return {**self.choices, REPLICATE: self.seed}
         return identity(saved, self.choices)
 
+    @property
+    def evaluated_on_test(self) -> bool:
+        """Whether its eval/* figures, if any, are of the test split, as the report's are."""
+        return self.metrics.get(EVAL_SPLIT, "test") == "test"
+
     def value(self, metric: str) -> float | None:
-        """A metric as a float (NaN and inf included), None when the run does not have it."""
+        """A metric as a float (NaN and inf included), None when the run does not have it; an
+        eval/* figure of another split than test is not the report's, so None too."""
+        if metric.startswith(EVAL_PREFIX) and not self.evaluated_on_test:
+            return None
         value = self.metrics.get(metric)
         return None if value is None else float(value)  # "nan" and "inf" parse back to floats
 

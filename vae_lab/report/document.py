@@ -17,6 +17,7 @@ RUN_IMAGES = (
 
 RUNNING = "Still running (or stopped before recording how they ended)"
 UNREADABLE = "Unreadable metrics.json"
+OTHER_SPLIT = "Evaluated on another split than test (their eval/ figures are not in the table)"
 
 
 def _run_name(run: Run, out_dir: Path) -> str:
@@ -71,6 +72,9 @@ def render(runs: Sequence[Run], table: Sequence[Cell], plots: Sequence[Path], ou
         *_listing("Failed runs", with_status(runs, "failed"), out_dir, with_error=True),
         *_listing(RUNNING, with_status(runs, "running"), out_dir, with_error=False),
         *_listing(UNREADABLE, with_status(runs, "unreadable"), out_dir, with_error=True),
+        *_listing(
+            OTHER_SPLIT, [r for r in runs if not r.evaluated_on_test], out_dir, with_error=False
+        ),
         "## Plots",
         "",
         *(f"![{plot.stem}]({os.path.relpath(plot, out_dir)})" for plot in plots),
