@@ -116,6 +116,10 @@ def test_a_savae_run_reports_the_refined_q_and_its_amortization_gap(tmp_path):
         ("posterior=planar", "posterior=planar: evaluate keeps the run's trained model"),
         ("eval.qstar_family=nope", "eval.qstar_family=nope is invalid: must be one of ["),
         ("eval.qstar_family=[]", "eval.qstar_family=[] is invalid: must be a posterior option"),
+        (
+            "eval.qstar_family=[null,gaussian]",  # the run's own family twice
+            "eval.qstar_family=[null,gaussian] is invalid: it names one family twice",
+        ),
         ("eval.device=tpu", "eval.device=tpu is invalid: must be auto, cpu, cuda or cuda:N"),
         pytest.param(
             "eval.device=cuda",

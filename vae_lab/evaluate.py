@@ -362,6 +362,13 @@ def qstar_families(cfg: DictConfig, model: VAE) -> list[tuple[PosteriorFamily, s
                 name,
             )
         families.append((family, f"_{name}"))
+    suffixes = [suffix for _, suffix in families]
+    if len(set(suffixes)) < len(suffixes):
+        raise ConfigError(
+            f"eval.qstar_family=[{','.join('null' if n is None else n for n in names)}] is "
+            "invalid: it names one family twice (null and "
+            "the run's own option are the same), whose figures would overwrite each other"
+        )
     return families
 
 
