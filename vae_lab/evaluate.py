@@ -366,8 +366,8 @@ def qstar_families(cfg: DictConfig, model: VAE) -> list[tuple[PosteriorFamily, s
     if len(set(suffixes)) < len(suffixes):
         raise ConfigError(
             f"eval.qstar_family=[{','.join('null' if n is None else n for n in names)}] is "
-            "invalid: it names one family twice (null and "
-            "the run's own option are the same), whose figures would overwrite each other"
+            "invalid: it names one family twice (null is the run's own option), whose figures "
+            "would overwrite each other"
         )
     return families
 

@@ -96,7 +96,11 @@ def retire_evaluation(run_dir: Path) -> Path | None:
         log.info("the earlier evaluation's %s is kept as %s", EVAL_FILE, kept)
     if (run_dir / METRICS_FILE).exists():
         record = read_metrics(run_dir)
-        if any(k.startswith(EVAL_PREFIX) for k in record):
-            kept_record = {k: v for k, v in record.items() if not k.startswith(EVAL_PREFIX)}
-            write_json(run_dir / METRICS_FILE, kept_record)
+        if (rest := without_evaluation(record)) != record:
+            write_json(run_dir / METRICS_FILE, rest)
     return kept
+
+
+def without_evaluation(record: dict[str, Any]) -> dict[str, Any]:
+    """The record less the evaluation's figures (``eval/*``)."""
+    return {k: v for k, v in record.items() if not k.startswith(EVAL_PREFIX)}

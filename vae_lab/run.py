@@ -45,10 +45,10 @@ from vae_lab.data import DataFileError
 from vae_lab.identity import choices_of, config_hash, identity
 from vae_lab.interrupts import Interrupted, catching_signals, received, resume_command
 from vae_lab.outputs import (
-    EVAL_PREFIX,
     METRICS_FILE,
     read_metrics,
     retire_evaluation,
+    without_evaluation,
     write_json,
     write_text,
 )
@@ -244,7 +244,7 @@ def resume_config(
             f"{', '.join(EXTENDABLE)} may change"
         )
     saved = OmegaConf.load(saved_path)
-    record = {k: v for k, v in read_metrics(folder).items() if not k.startswith(EVAL_PREFIX)}
+    record = without_evaluation(read_metrics(folder))
     if rank_zero_only.rank == 0 and (kept := retire_evaluation(folder)) is not None:
         log.warning(
             "resuming %s: its evaluation, of the checkpoints training is about to change, is "
