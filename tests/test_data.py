@@ -19,6 +19,7 @@ from tests.conftest import CONF_DIR, options
 from vae_lab.data import BinarizedMNIST, DataFileError, Digits, IDXImages, binarize
 from vae_lab.data.batches import BatchOrder, TensorBatches
 from vae_lab.data.files import RemoteFile, fetch
+from vae_lab.validation import ConfigError
 
 
 @pytest.fixture
@@ -210,6 +211,26 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path, ht
         fetch(file, tmp_path / "root", download=True, mirror=http_server(served))
     assert not (tmp_path / "root" / "toy" / "file.gz").exists()
     assert list((tmp_path / "root" / "toy").iterdir()) == []  # no partial file left
+
+
+def test_a_mirror_that_is_not_a_url_is_named_and_leaves_no_partial_file(tmp_path):
+    file = _toy(tmp_path / "served", b"right", compress=True)
+    with pytest.raises(DataFileError, match="data.mirror must be a URL"):
+        fetch(file, tmp_path / "root", download=True, mirror="notaurl")
+    assert list((tmp_path / "root" / "toy").iterdir()) == []
+
+
+@pytest.mark.parametrize("val_size", [0, 60000, 70000])
+def test_a_validation_size_that_leaves_no_split_is_refused(val_size, shared_data):
+    dm = IDXImages(name="mnist", root=str(shared_data), val_size=val_size)
+    with pytest.raises(ConfigError, match=f"data.val_size={val_size} is invalid"):
+        dm.setup()
+
+
+def test_an_empty_split_is_refused():
+    dm = Digits(binarize=False, val_fraction=0.5, test_fraction=0.6)
+    with pytest.raises(ConfigError, match="0 training, .* each split needs some"):
+        dm.setup()
 
 
 def test_corrupt_local_files_are_named(tmp_path, shared_data):

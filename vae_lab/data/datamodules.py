@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vae_lab.data.batches import BatchOrder, TensorBatches
 from vae_lab.data.files import DataFileError, RemoteFile, default_root, ensure, fetch
-from vae_lab.validation import POSITIVE_INT, require
+from vae_lab.validation import POSITIVE_INT, ConfigError, require
 
 Splits = tuple[Tensor, Tensor, Tensor]
 
@@ -68,6 +68,12 @@ class InMemoryDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return
         train, val, test = self.load_splits()
+        if not (len(train) and len(val) and len(test)):
+            raise ConfigError(
+                f"the data has {len(train)} training, {len(val)} validation and {len(test)} test "
+                "points: each split needs some (data.val_size, data.val_fraction, "
+                "data.test_fraction)"
+            )
         if self.binarize:
             generator = torch.Generator().manual_seed(self.binarize_seed)
             val = torch.bernoulli(val, generator=generator)
@@ -242,7 +248,17 @@ class IDXImages(FileDataModule):
     def load_splits(self) -> Splits:
         train = parse_idx_images(self.read("train"), self.files["train"].name).float() / 255.0
         test = parse_idx_images(self.read("test"), self.files["test"].name).float() / 255.0
-        return train[: -self.val_size], train[-self.val_size :], test
+        return (*self.hold_out(train), test)
+
+    def hold_out(self, train: Tensor) -> tuple[Tensor, Tensor]:
+        """The 60,000 training images (or labels) less the last ``val_size``, and those."""
+        if not 0 < self.val_size < len(train):
+            raise ConfigError(
+                f"data.val_size={self.val_size} is invalid: must be between 1 and "
+                f"{len(train) - 1} (of the {len(train)} training images)"
+            )
+        cut = len(train) - self.val_size
+        return train[:cut], train[cut:]
 
     def load_labels(self) -> Splits:
         """Read on request only: training needs no label files."""
@@ -253,8 +269,7 @@ class IDXImages(FileDataModule):
             labels[split] = parse_idx_labels(
                 fetch(file, self.root, self.download, self.mirror), fname
             )
-        train = labels["train"]
-        return train[: -self.val_size], train[-self.val_size :], labels["test"]
+        return (*self.hold_out(labels["train"]), labels["test"])
 
 
 BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"

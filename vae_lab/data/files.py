@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -82,9 +83,10 @@ def _download(file: RemoteFile, path: Path, mirror: str | None) -> None:
                     while chunk := response.read(1 << 20):
                         tmp.write(chunk)
                         bar.update(len(chunk))
-        except OSError as err:
+        except (OSError, ValueError, http.client.HTTPException) as err:  # ValueError: a bad URL
             os.unlink(tmp.name)
-            raise DataFileError(f"could not download {url}: {err}") from err
+            hint = " (data.mirror must be a URL: http://HOST/PATH)" if mirror else ""
+            raise DataFileError(f"could not download {url}: {err}{hint}") from err
     raw = Path(tmp.name).read_bytes()
     if raw[:2] != b"\x1f\x8b":  # served uncompressed: store it compressed
         Path(tmp.name).write_bytes(gzip.compress(raw, mtime=0))
