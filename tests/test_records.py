@@ -85,12 +85,16 @@ def test_keys_that_do_not_change_the_result_leave_the_identity_alone():
     same = compose_config(["data=mnist", "data.root=/elsewhere", "num_threads=3", "logger=csv",
                            "trainer.enable_progress_bar=true", "eval.device=cpu",
                            "trainer.log_every_n_steps=7",
+                           "callbacks.progress_bar.refresh_rate=1",
                            "eval.compile=true"])  # fmt: skip
     choices = {"posterior": "gaussian"}
     assert config_hash(identity(base, choices)) == config_hash(identity(same, choices))
     for change in ("seed=1", "optim.lr=0.01", "trainer.max_epochs=2", "kl_warmup_steps=3"):
         other = compose_config([change])
         assert config_hash(identity(other, choices)) != config_hash(identity(base, choices))
+    iwae = compose_config(["objective=iwae"])  # it has no KL warm-up to read the key
+    warmed = compose_config(["objective=iwae", "kl_warmup_steps=3"])
+    assert config_hash(identity(iwae, choices)) == config_hash(identity(warmed, choices))
 
 
 def tree_hash(folder: Path) -> dict[str, str]:

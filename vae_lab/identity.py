@@ -28,6 +28,7 @@ NOT_IDENTITY = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "trainer.enable_model_summary",
+    "callbacks.progress_bar",
     "callbacks.image_grids",
     "eval.device",
     "eval.compile",
@@ -72,6 +73,9 @@ def identity(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any]) ->
         node = OmegaConf.select(config, parent) if parent else config
         if isinstance(node, DictConfig) and leaf in node:
             node.pop(leaf)
+    objective = config.get("objective")
+    if isinstance(objective, DictConfig) and "kl_warmup_steps" not in objective:
+        config.pop("kl_warmup_steps", None)  # an objective without a KL warm-up never reads it
     try:
         plain = OmegaConf.to_container(config, resolve=True)
     except Exception:  # an unresolvable value identifies the run as written

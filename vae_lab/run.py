@@ -87,6 +87,17 @@ def requeued() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
 
+def note_unused_warmup(cfg: DictConfig) -> None:
+    """Say so when the run's objective has no KL warm-up to take ``kl_warmup_steps`` (a preset's
+    warm-up swept over objectives, ``experiment=objectives``); it then leaves the run's
+    identity too (``vae_lab.identity``)."""
+    objective = cfg.get("objective") or {}
+    if cfg.get("kl_warmup_steps") and "kl_warmup_steps" not in objective:
+        name = str(objective.get("_target_", "")).rsplit(".", 1)[-1]
+        log.info("kl_warmup_steps=%s is not used: the %s objective has no KL warm-up",
+                 cfg.kl_warmup_steps, name)  # fmt: skip
+
+
 def train_and_test(
     cfg: DictConfig,
     run_dir: Path,
@@ -96,6 +107,7 @@ def train_and_test(
     """Fit on the training set (from ``resume_from``, a checkpoint, if given), test the
     best-validation checkpoint; the final metrics, with the seconds that fit and test took."""
     validate(cfg)
+    note_unused_warmup(cfg)
     use_threads(cfg.get("num_threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
