@@ -165,6 +165,19 @@ def test_training_batches_shuffle_per_epoch_with_equal_steps():
     assert not torch.equal(first, second) and torch.equal(torch.cat(list(order)), first)
 
 
+def test_replicate_seeds_never_share_an_order():
+    """Every (seed, epoch) of 4 seeds x 10 epochs shuffles differently: no replicate runs
+    through another's sequence of orders shifted by an epoch."""
+
+    def order(seed: int, epoch: int) -> tuple[int, ...]:
+        batch_order = BatchOrder(1000, 100, shuffle=True, seed=seed)
+        batch_order.set_epoch(epoch)
+        return tuple(torch.cat(list(batch_order)).tolist())
+
+    orders = [order(seed, epoch) for seed in range(4) for epoch in range(10)]
+    assert len(set(orders)) == len(orders)
+
+
 def test_missing_file_without_download_names_the_file(tmp_path):
     with pytest.raises(
         DataFileError, match=r"missing data file .*mnist/train-images-idx3-ubyte\.gz"

@@ -12,12 +12,12 @@ where the pair has one, else the mean over K draws of q (``vae_lab.elbo.kl_estim
 with its stderr.
 
 Reproducibility: the test-time samples of global batch i are drawn from a generator seeded
-with ``test_seed + i`` (see ``vae_lab.data.batches``: a global batch holds the same datapoints
-whatever the number of processes), so test metrics of a checkpoint are the same on 1 or N
-processes; validation's with ``test_seed + VAL_SEED_OFFSET + i``, the same draws at every
-epoch. Neither touches the training stream, so the validation settings (how often, with how
-many samples, the sanity check) leave the trained model as it is. Checkpoints carry the RNG
-state, so a resumed run continues the same random stream.
+with ``stream_seed(test_seed, "test", i)`` (see ``vae_lab.data.batches``: a global batch holds
+the same datapoints whatever the number of processes), so test metrics of a checkpoint are the
+same on 1 or N processes; validation's with ``stream_seed(test_seed, "val", i)``, the same
+draws at every epoch. Neither touches the training stream, so the validation settings (how
+often, with how many samples, the sanity check) leave the trained model as it is. Checkpoints
+carry the RNG state, so a resumed run continues the same random stream.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torchmetrics import MeanMetric
 
+from vae_lab.data.batches import stream_seed
 from vae_lab.elbo import (
     ELBOTerms,
     IWEstimate,
@@ -55,9 +56,6 @@ from vae_lab.posteriors import PosteriorFamily
 from vae_lab.psis import warn_if_unreliable
 
 log = logging.getLogger(__name__)
-
-#: validation batch i draws from a generator seeded test_seed + VAL_SEED_OFFSET + i
-VAL_SEED_OFFSET = 104729
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -284,7 +282,7 @@ class VAE(pl.LightningModule):
         return values
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        with self._seeded(self.test_seed + VAL_SEED_OFFSET + self._global_batch(batch_idx)):
+        with self._seeded(stream_seed(self.test_seed, "val", self._global_batch(batch_idx))):
             self._evaluate("val", x, self.val_num_samples)
 
     def on_validation_epoch_end(self) -> None:
@@ -309,7 +307,7 @@ class VAE(pl.LightningModule):
             self.compile_estimates()
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        with self._seeded(self.test_seed + self._global_batch(batch_idx)):
+        with self._seeded(stream_seed(self.test_seed, "test", self._global_batch(batch_idx))):
             estimate = self._evaluate("test", x, self.eval_num_samples)
         self.test_active_units.update(estimate.z_mean)
 

@@ -4,15 +4,20 @@ A ``torch.utils.data.DataLoader`` over a ``TensorDataset`` indexes and collates 
 time; here a batch is one ``x[indices]``. ``BatchOrder`` decides which indices form each batch
 of an epoch and which process of a distributed run takes it:
 
-* training (shuffled): a permutation seeded by ``seed + epoch``; each process takes the
+* training (shuffled): a permutation seeded by ``stream_seed(seed, epoch)``; each process takes the
   interleaved shard ``rank::world_size`` of it, the remainder of n / world_size dropped so every
   process takes the same number of steps (each process's batch is ``batch_size``).
 * evaluation (in order): the data is cut into consecutive batches of ``batch_size`` and process
   ``rank`` takes batches ``rank, rank + world_size, ...``. Every datapoint is seen exactly once,
   the last batch is kept and never padded, and a batch holds the same datapoints whatever the
   number of processes: global batch ``i`` starts at datapoint ``i * batch_size``. The module
-  seeds its test-time sampling by that global index, so test metrics do not depend on the
-  number of processes.
+  seeds its test-time sampling by that global index (``stream_seed(seed, "test", i)``), so
+  test metrics do not depend on the number of processes.
+
+``stream_seed`` names each random stream of a run by a tuple (the run's seed, what the stream
+is for, its index) hashed to a 64-bit seed: streams of different tuples are unrelated. A sum
+would not do: with ``seed + epoch``, seed 1's first epoch had the order of seed 0's second,
+and every replicate ran through its neighbour's sequence of orders one epoch apart.
 
 Lightning calls ``sampler.set_epoch(epoch)`` before each epoch (the ``DistributedSampler``
 protocol), so the order is a function of the epoch and survives a resume from a checkpoint.
@@ -20,11 +25,18 @@ protocol), so the order is a function of the epoch and survives a resume from a 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+
+def stream_seed(*parts: int | str) -> int:
+    """A 64-bit generator seed for the random stream named by ``parts``, e.g. (seed, epoch)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 class BatchOrder:
@@ -56,7 +68,7 @@ class BatchOrder:
 
     def __iter__(self) -> Iterator[Tensor]:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
             order = torch.randperm(self.num_items, generator=generator)
             usable = self.num_items - self.num_items % self.world_size
             shard = order[:usable][self.rank :: self.world_size]

@@ -8,13 +8,11 @@ import logging
 
 import pytorch_lightning as pl
 
+from vae_lab.data.batches import stream_seed
 from vae_lab.module import VAE
 from vae_lab.sample_quality.quality import SampleQuality, score
 
 log = logging.getLogger(__name__)
-
-#: the sample metrics draw from their own stream, seeded test_seed + this offset + rank
-SEED_OFFSET = 7919
 
 
 class SampleQualityCallback(pl.Callback):
@@ -39,9 +37,10 @@ class SampleQualityCallback(pl.Callback):
         log.info("sample quality against the %s", described)
         rank = trainer.global_rank
         rows = slice(rank, None, trainer.world_size)
+        seed = stream_seed(pl_module.test_seed, "sample_quality", rank)
         values = score(
             self.quality, metrics, pl_module, inputs[rows], references[rows],
-            trainer.datamodule.eval_batch_size, pl_module.test_seed + SEED_OFFSET + rank,
+            trainer.datamodule.eval_batch_size, seed,
         )  # fmt: skip
         values["classifier_accuracy"] = record["accuracy"]
         for name, value in values.items():
