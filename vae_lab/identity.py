@@ -64,6 +64,12 @@ def outside_identity(key: str) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in NOT_IDENTITY)
 
 
+def warmup_unused(cfg: DictConfig) -> bool:
+    """Whether the run's objective has no KL warm-up to read ``kl_warmup_steps`` (iwae, savae)."""
+    objective = cfg.get("objective")
+    return isinstance(objective, DictConfig) and "kl_warmup_steps" not in objective
+
+
 def identity(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any]) -> dict[str, Any]:
     """Group -> option and flattened key -> value: everything that makes the run what it is."""
     config = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg.copy()
@@ -73,9 +79,8 @@ def identity(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any]) ->
         node = OmegaConf.select(config, parent) if parent else config
         if isinstance(node, DictConfig) and leaf in node:
             node.pop(leaf)
-    objective = config.get("objective")
-    if isinstance(objective, DictConfig) and "kl_warmup_steps" not in objective:
-        config.pop("kl_warmup_steps", None)  # an objective without a KL warm-up never reads it
+    if warmup_unused(config):
+        config.pop("kl_warmup_steps", None)
     try:
         plain = OmegaConf.to_container(config, resolve=True)
     except Exception:  # an unresolvable value identifies the run as written

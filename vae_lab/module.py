@@ -282,7 +282,7 @@ class VAE(pl.LightningModule):
         return values
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        with self._seeded(stream_seed(self.test_seed, "val", self._global_batch(batch_idx))):
+        with self._seeded("val", batch_idx):
             self._evaluate("val", x, self.val_num_samples)
 
     def on_validation_epoch_end(self) -> None:
@@ -290,16 +290,14 @@ class VAE(pl.LightningModule):
         self.log("val/elbo", values["elbo"], prog_bar=True)
         self.log("val/log_px", values["log_px"])
 
-    def _global_batch(self, batch_idx: int) -> int:
-        """The batch's index among all processes' (``vae_lab.data.batches``)."""
-        return batch_idx * self.trainer.world_size + self.trainer.global_rank
-
     @contextmanager
-    def _seeded(self, seed: int) -> Iterator[None]:
-        """Draw from a generator seeded with ``seed``, leaving the training stream untouched."""
+    def _seeded(self, stage: str, batch_idx: int) -> Iterator[None]:
+        """Draw from the stream of the stage's global batch (its index among all processes',
+        ``vae_lab.data.batches``), leaving the training stream untouched."""
+        global_batch = batch_idx * self.trainer.world_size + self.trainer.global_rank
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+            torch.manual_seed(stream_seed(self.test_seed, stage, global_batch))
             yield
 
     def on_test_start(self) -> None:
@@ -307,7 +305,7 @@ class VAE(pl.LightningModule):
             self.compile_estimates()
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        with self._seeded(stream_seed(self.test_seed, "test", self._global_batch(batch_idx))):
+        with self._seeded("test", batch_idx):
             estimate = self._evaluate("test", x, self.eval_num_samples)
         self.test_active_units.update(estimate.z_mean)
 

@@ -42,7 +42,7 @@ from vae_lab.build import (
 from vae_lab.console import quiet_third_parties
 from vae_lab.csv_logger import CSVLogger
 from vae_lab.data import DataFileError
-from vae_lab.identity import choices_of, config_hash, identity
+from vae_lab.identity import choices_of, config_hash, identity, warmup_unused
 from vae_lab.interrupts import Interrupted, catching_signals, received, resume_command
 from vae_lab.outputs import (
     METRICS_FILE,
@@ -91,9 +91,8 @@ def note_unused_warmup(cfg: DictConfig) -> None:
     """Say so when the run's objective has no KL warm-up to take ``kl_warmup_steps`` (a preset's
     warm-up swept over objectives, ``experiment=objectives``); it then leaves the run's
     identity too (``vae_lab.identity``)."""
-    objective = cfg.get("objective") or {}
-    if cfg.get("kl_warmup_steps") and "kl_warmup_steps" not in objective:
-        name = str(objective.get("_target_", "")).rsplit(".", 1)[-1]
+    if cfg.get("kl_warmup_steps") and warmup_unused(cfg):
+        name = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
         log.info("kl_warmup_steps=%s is not used: the %s objective has no KL warm-up",
                  cfg.kl_warmup_steps, name)  # fmt: skip
 
