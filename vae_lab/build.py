@@ -17,9 +17,10 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import ProgressBar
 
 from vae_lab.data import InMemoryDataModule
+from vae_lab.hook_overhead import BestCheckpoint, NullProfiler
 from vae_lab.module import VAE
 from vae_lab.validation import ConfigError
 
@@ -149,13 +150,15 @@ def build_trainer(
 
     Further callbacks come from ``cfg.callbacks``, a mapping of name -> ``_target_`` config
     (a null entry is skipped), so a feature adds its callback by config alone; a progress bar
-    among them is dropped when ``trainer.enable_progress_bar`` is false.
+    among them is dropped when ``trainer.enable_progress_bar`` is false. With no
+    ``trainer.profiler``, the Trainer profiles nothing at the least cost per hook
+    (``vae_lab.hook_overhead``).
     """
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError(
             "trainer.accelerator=gpu, but torch sees no GPU here: use trainer=cpu (or default)"
         )
-    checkpoint = ModelCheckpoint(
+    checkpoint = BestCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor="val/elbo",
@@ -176,4 +179,5 @@ def build_trainer(
         logger=logger or False,
         callbacks=[checkpoint, *extra, StepTimer(), *([RunStamp(stamp)] if stamp else [])],
         default_root_dir=str(run_dir),
+        **({} if cfg.trainer.get("profiler") else {"profiler": NullProfiler()}),
     )

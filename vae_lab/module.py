@@ -50,6 +50,7 @@ from vae_lab.elbo import (
 )
 from vae_lab.estimate import Figure
 from vae_lab.fast_eval import Compiled, default_chunk_size
+from vae_lab.hook_overhead import CheapAttributes
 from vae_lab.metrics import ActiveUnits, IWLogLikelihood, MeanEstimate
 from vae_lab.objectives import ELBO, Objective
 from vae_lab.posteriors import PosteriorFamily
@@ -61,7 +62,7 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
-class VAE(pl.LightningModule):
+class VAE(CheapAttributes, pl.LightningModule):
     def __init__(
         self,
         encoder: nn.Module,
