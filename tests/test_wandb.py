@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -66,12 +67,9 @@ def wandb_run(job_dir: Path) -> dict:
     return {"run": run, "config": config, "logged": logged, "exits": exits, "dir": run_dir}
 
 
-@pytest.fixture(scope="module")
-def wandb_sweep(tmp_path_factory) -> Path:
-    """Two jobs in one process (basic launcher), logged to W&B offline."""
-    sweep_dir = tmp_path_factory.mktemp("wandb") / "sweep"
-    home = sweep_dir.parent
-    env = {
+def offline_env(home: Path) -> dict[str, str]:
+    """The environment of a run logging to W&B offline, its W&B folders under ``home``."""
+    return {
         **os.environ,
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
@@ -80,6 +78,13 @@ def wandb_sweep(tmp_path_factory) -> Path:
         "WANDB_DATA_DIR": str(home / "data"),
         "OMP_NUM_THREADS": "1",
     }
+
+
+@pytest.fixture(scope="module")
+def wandb_sweep(tmp_path_factory) -> Path:
+    """Two jobs in one process (basic launcher), logged to W&B offline."""
+    sweep_dir = tmp_path_factory.mktemp("wandb") / "sweep"
+    env = offline_env(sweep_dir.parent)
     shrink = [o for o in SHRINK if not o.startswith("logger=")]
     result = subprocess.run(
         [
@@ -116,6 +121,27 @@ def test_each_job_is_its_own_run_grouped_with_its_replicates(wandb_sweep):
         assert not any(t.startswith(("logger", "hydra", "trainer.enable_progress_bar"))
                        for t in run.tags)  # fmt: skip
         assert run.display_name.startswith(f"{posterior}-standard-")
+
+
+def test_a_resumed_job_keeps_the_labels_it_started_with(wandb_sweep, tmp_path):
+    """Resumed by ``resume=DIR`` (here a copy of the sweep's second job, as a run moved to
+    another disk), the run is labelled by the job that started it, not by the command line."""
+    run_dir = tmp_path / "moved"
+    shutil.copytree(wandb_sweep / "1", run_dir, ignore=shutil.ignore_patterns("wandb"))
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_lab.run", f"resume={run_dir}", "trainer.max_epochs=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=offline_env(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    started, resumed = wandb_run(wandb_sweep / "1")["run"], wandb_run(run_dir)["run"]
+    assert resumed.run_id != started.run_id
+    assert resumed.run_group == started.run_group
+    assert resumed.display_name == started.display_name == "full_cov-standard-1"
+    assert {"posterior:full_cov", "prior:standard", "seed:0"} <= set(resumed.tags)
 
 
 def test_the_replicates_of_a_configuration_share_a_group():

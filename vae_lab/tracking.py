@@ -28,6 +28,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from vae_lab.identity import REPLICATE, outside_identity
@@ -74,26 +75,36 @@ def configuration_label(overrides: list[str]) -> str:
     return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:8]
 
 
-def hydra_labels() -> RunLabels:
-    """The job's group, name and chosen options; empty outside a Hydra app (e.g. in tests)."""
-    if not HydraConfig.initialized():
+def hydra_labels(run_dir: Path | None = None) -> RunLabels:
+    """The job's group, name and chosen options, as Hydra saw the job that started the run:
+    from ``run_dir/.hydra/hydra.yaml`` where the run saved it (so a resumed run keeps the
+    labels it started with, not those of the command that resumed it), else from the live
+    Hydra config; empty outside a Hydra app (e.g. in tests)."""
+    saved = None if run_dir is None else run_dir / ".hydra" / "hydra.yaml"
+    if saved is not None and saved.is_file():
+        hydra = OmegaConf.load(saved).hydra
+    elif HydraConfig.initialized():
+        hydra = HydraConfig.get()
+    else:
         return RunLabels()
-    hydra = HydraConfig.get()
+    multirun = str(hydra.mode).rpartition(".")[2] == RunMode.MULTIRUN.name  # enum or its name
     choices = {
         group: str(option)
         for group, option in hydra.runtime.choices.items()
         if not group.startswith("hydra/") and option is not None
     }
-    folder = Path(hydra.sweep.dir if hydra.mode == RunMode.MULTIRUN else hydra.run.dir)
+    folder = Path(hydra.runtime.output_dir)  # resolved; the saved run.dir may read ${now:...}
+    if multirun:  # the sweep's folder: output_dir less the job's subdir
+        folder = folder.parents[len(Path(str(hydra.sweep.subdir)).parts) - 1]
     study = choices.get("experiment", hydra.job.name)
     name = "-".join(choices[g] for g in ("posterior", "prior") if g in choices)
     overrides = list(hydra.overrides.task)
     return RunLabels(
         group=f"{study}-{'_'.join(folder.parts[-2:])}-{configuration_label(overrides)}",
-        name=f"{name}-{hydra.job.num}" if hydra.mode == RunMode.MULTIRUN else name or None,
+        name=f"{name}-{hydra.job.num}" if multirun else name or None,
         choices=choices,
         overrides=overrides,
-        folder=folder if hydra.mode == RunMode.MULTIRUN else None,
+        folder=folder if multirun else None,
     )
 
 
@@ -163,7 +174,7 @@ def wandb_logger(
     to the job's own tags: posterior, prior, data, the other overrides and, given ``seed``,
     the seed.
     """
-    labels = hydra_labels()
+    labels = hydra_labels(Path(save_dir))
     mode = choose_mode(mode, save_dir, labels)
     job_tags = [f"{g}:{labels.choices[g]}" for g in TAGGED_CHOICES if g in labels.choices]
     for override in identity_overrides(labels.overrides):
