@@ -48,3 +48,16 @@ def test_the_product_form_of_the_density_equals_the_float64_density(dim):
         error = (ours.double() - exact).abs()
         assert (error <= 2.4e-7 * exact.abs() + 1e-5).all()
         assert error.max() <= (eager.double() - exact).abs().max()
+
+
+def test_second_derivatives_equal_torch_bernoulli():
+    """Semi-amortized inference differentiates through gradient steps on log p(x|z)."""
+    torch.manual_seed(1)
+    logits = (3 * torch.randn(4, 7, dtype=torch.float64)).requires_grad_(True)
+    x = torch.bernoulli(torch.full((4, 7), 0.4, dtype=torch.float64))
+    hessians = []
+    for log_prob in (BernoulliLikelihood(7)(logits).log_prob, lambda v: torch_log_prob(logits, v)):
+        (grad,) = torch.autograd.grad(log_prob(x).sum(), logits, create_graph=True)
+        (second,) = torch.autograd.grad((grad * torch.arange(7.0)).sum(), logits)
+        hessians.append(second)
+    torch.testing.assert_close(*hessians)

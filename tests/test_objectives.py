@@ -170,11 +170,14 @@ def test_savae_with_no_refinement_is_the_elbo(backprop):
     assert torch.equal(bound_of(model, savae, x), bound_of(model, ELBO(), x))
 
 
-def test_savae_trains_the_encoder_through_the_refinement():
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_savae_trains_the_encoder_through_the_refinement(likelihood):
     """With refine_backprop=true the encoder's gradient is that of ELBO(x; theta_T(theta_0)),
-    checked against finite differences of the whole loss (in float64)."""
-    model = build_model(linear_config("gaussian"), 6).double()
+    checked against finite differences of the whole loss (in float64), with the curvature of
+    each likelihood's log-density in it."""
+    model = build_model(linear_config("gaussian", f"likelihood={likelihood}"), 6).double()
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x if likelihood == "gaussian" else (x > 0).double()
     savae = SemiAmortized(refine_steps=3, refine_lr=0.05, refine_backprop=True)
     bias = model.posterior.head.bias
 

@@ -17,15 +17,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 
 class BernoulliLogDensity(torch.autograd.Function):
     """sum_i x_i l_i - softplus(l_i) over the last dimension, for x that broadcasts to the shape
     and dtype of l. The forward pass fills one buffer of l's shape (softplus(l), from which x l
-    is subtracted in place) and the backward pass one more: d/dl = x - sigmoid(l). torch's
-    Bernoulli path allocates several and runs more kernels each way."""
+    is subtracted in place); the backward, d/dl = x - sigmoid(l), is out of place and so itself
+    differentiable: semi-amortized inference differentiates through gradient steps on
+    log p(x|z) (``vae_lab.objectives.savae``). torch's Bernoulli path allocates more buffers
+    and runs more kernels each way."""
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, value: Tensor) -> Tensor:
@@ -33,13 +34,12 @@ class BernoulliLogDensity(torch.autograd.Function):
         return F.softplus(logits).addcmul_(value, logits, value=-1).sum(-1).neg_()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         logits, value = ctx.saved_tensors
         grad = grad.unsqueeze(-1)
         grad_logits = grad_value = None
         if ctx.needs_input_grad[0]:
-            grad_logits = torch.sigmoid(logits).neg_().add_(value).mul_(grad)
+            grad_logits = (value - torch.sigmoid(logits)) * grad
         if ctx.needs_input_grad[1]:
             grad_value = (logits * grad).sum_to_size(value.shape)
         return grad_logits, grad_value
