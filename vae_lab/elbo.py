@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from vae_lab.estimate import Estimate, StreamedMean
+from vae_lab.normal import StandardNormal
 from vae_lab.psis import pareto_khat, tail_length
 
 #: z of shape [S, B, D] -> log p(x|z) of shape [S, B] for the batch of datapoints x.
@@ -56,11 +57,10 @@ class Reparameterization:
     pull_back: Callable[[Tensor], Tensor]
 
 
-def _standard_normal_like(loc: Tensor) -> Independent:
+def _standard_normal_like(loc: Tensor) -> StandardNormal:
     """N(0, I) of loc's shape, unchecked: its log_prob runs on every chunk of the IW estimate,
     where checking the support of the [S, B, D] noise would cost a pass over it and a sync."""
-    zeros, ones = torch.zeros_like(loc), torch.ones_like(loc)
-    return Independent(Normal(zeros, ones, validate_args=False), 1, validate_args=False)
+    return StandardNormal(torch.zeros_like(loc))
 
 
 def _affine(loc: Tensor, log_det: Tensor, scale: Callable[[Tensor], Tensor]) -> PushForward:

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent
+
+from vae_lab.normal import DiagonalNormal
 
 
 class BernoulliLogDensity(torch.autograd.Function):
@@ -140,7 +142,7 @@ class GaussianLikelihood(nn.Module):
         return self.log_scale.exp().clamp_min(self.min_scale)
 
     def forward(self, decoded: Tensor) -> Distribution:
-        return Independent(Normal(decoded, self.scale, validate_args=False), 1, validate_args=False)
+        return DiagonalNormal(decoded, self.scale)
 
     def mean(self, decoded: Tensor) -> Tensor:
         return decoded

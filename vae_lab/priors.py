@@ -22,6 +22,7 @@ from torch.distributions import (
     constraints,
 )
 
+from vae_lab import normal
 from vae_lab.posteriors.flow import FlowTransform
 from vae_lab.posteriors.realnvp import CouplingLayer
 from vae_lab.validation import POSITIVE_INT, ConfigError, one_of, require
@@ -62,8 +63,7 @@ class StandardNormal(Prior):
         self.register_buffer("loc", torch.zeros(latent_dim))
 
     def forward(self, encode_base: BaseEncoder) -> Distribution:
-        scale = torch.ones_like(self.loc)  # valid by construction: built unchecked, every step
-        return Independent(Normal(self.loc, scale, validate_args=False), 1, validate_args=False)
+        return normal.StandardNormal(self.loc)
 
 
 def diagonal_mixture_log_prob(z: Tensor, logits: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
