@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.profilers import SimpleProfiler
@@ -85,3 +86,13 @@ def test_profiler_is_null_unless_configured(tmp_path: Path) -> None:
         assert entered is None
     configured = build_trainer(compose_config(["trainer.profiler=simple"]), tmp_path / "b", None)
     assert isinstance(configured.profiler, SimpleProfiler)
+
+
+def test_a_property_of_the_lightning_module_is_set_through_its_setter() -> None:
+    class Module(CheapAttributes, pl.LightningModule):
+        pass
+
+    module = Module()
+    module.automatic_optimization = False  # a property of LightningModule, a plain bool
+    assert module._automatic_optimization is False
+    assert "automatic_optimization" not in vars(module)
