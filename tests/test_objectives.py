@@ -170,6 +170,16 @@ def test_savae_with_no_refinement_is_the_elbo(backprop):
     assert torch.equal(bound_of(model, savae, x), bound_of(model, ELBO(), x))
 
 
+@pytest.mark.parametrize("backprop", [True, False])
+def test_savae_loss_is_the_same_number_without_gradients(backprop):
+    model = build_model(compose_config(["posterior=flow"]), 64)
+    x = (torch.rand(16, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    savae = SemiAmortized(refine_steps=3, refine_backprop=backprop)
+    with_grad = bound_of(model, savae, x)
+    with torch.no_grad():
+        torch.testing.assert_close(bound_of(model, savae, x), with_grad.detach())
+
+
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
 def test_savae_trains_the_encoder_through_the_refinement(likelihood):
     """With refine_backprop=true the encoder's gradient is that of ELBO(x; theta_T(theta_0)),

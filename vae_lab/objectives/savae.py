@@ -58,12 +58,14 @@ class SemiAmortized(Objective):
 
     def refine(self, model: VAE, x: Tensor, theta: Tensor, create_graph: bool) -> Tensor:
         """theta_T after ``refine_steps`` ascent steps on each datapoint's ELBO from ``theta``;
-        differentiable in ``theta`` when ``create_graph``, else detached from it."""
-        if not create_graph:
-            theta = theta.detach().requires_grad_()
+        differentiable in ``theta`` when ``create_graph`` (and gradients are enabled: the loss
+        evaluated under no_grad is the same number), else detached from it."""
+        create_graph = create_graph and torch.is_grad_enabled()
         log_likelihood = model.log_likelihood(x)
         for _ in range(self.refine_steps):
             with torch.enable_grad():  # also under no_grad: the ascent needs d ELBO / d theta
+                if not create_graph:  # each step from a leaf: no graph through the steps
+                    theta = theta.detach().requires_grad_()
                 q = model.posterior.distribution(theta)
                 elbo = elbo_terms(q, model.p_z(), log_likelihood).elbo.sum()
                 (grad,) = torch.autograd.grad(elbo, theta, create_graph=create_graph)
