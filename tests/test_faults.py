@@ -9,6 +9,7 @@ checkpoints, CSV, the other jobs of a sweep) changed.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -26,7 +27,7 @@ import torch
 
 from tests.conftest import REPO, SHARED_DATA, SHRINK
 from vae_lab import evaluate, run
-from vae_lab.outputs import read_metrics
+from vae_lab.outputs import EVAL_LOCK, read_metrics
 
 #: the fixture's data: a sweep of two jobs, each a finished run
 SWEEP_JOBS = ("0", "1")
@@ -319,6 +320,24 @@ def test_bad_input_is_one_line_and_changes_nothing(name, finished, tmp_path, mon
     assert not changed, changed  # nothing already written changed (or vanished)
     finished_runs = {p for p in after if p.startswith("sweep/")}
     assert finished_runs == {p for p in before if p.startswith("sweep/")}  # nor added to them
+
+
+def test_an_evaluation_refuses_a_run_another_evaluation_holds(
+    finished, tmp_path, monkeypatch, capsys
+):
+    """Two evaluations of one run would retire and rewrite each other's records."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished / "0", run_dir)
+    with open(run_dir / EVAL_LOCK, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running evaluation holds it
+        before = snapshot(tmp_path)
+        status, err = invoke("evaluate", [f"run_dir={run_dir}", *EVAL_QUICK], monkeypatch, capsys)
+        assert status == 2, err[-2000:]
+        assert f"error: {run_dir} is being evaluated by another process" in err
+        assert snapshot(tmp_path) == before
+    status, err = invoke("evaluate", [f"run_dir={run_dir}", *EVAL_QUICK], monkeypatch, capsys)
+    assert status == 0, err[-2000:]  # released: evaluated
+    assert read_metrics(run_dir)["eval/split"] == "test"
 
 
 def run_cli(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -102,6 +102,7 @@ from vae_lab.outputs import (
     EVAL_FILE,
     EVAL_SPLIT,
     METRICS_FILE,
+    evaluation_lock,
     read_metrics,
     retire_evaluation,
     update_metrics,
@@ -586,7 +587,9 @@ def log_to_wandb(run_dir: Path, cfg: DictConfig, metrics: dict[str, float]) -> N
 
 
 def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """Every stage on the run; eval.json and metrics.json are written as each stage ends."""
+    """Every stage on the run; eval.json and metrics.json are written as each stage ends.
+    From its first write on, the evaluation holds the run (``evaluation_lock``): a second
+    evaluation of it is refused there, after its own checks, before it writes anything."""
     cfg = load_config(run, request, overrides)
     check_writable(run.run_dir)
     check_trained(run.run_dir)
@@ -625,27 +628,30 @@ def evaluate_run(run: Run, request: DictConfig, overrides: list[str]) -> dict[st
         write_json(run.run_dir / EVAL_FILE, {**head, "status": status, **chosen, **written})
         update_metrics(run.run_dir, {**metrics, EVAL_SPLIT: cfg.eval.split})
 
-    retire_evaluation(run.run_dir)
-    token = stage_sink.set(save)
-    try:
-        metrics, chosen = evaluate_points(model, x, cfg.eval, families, cfg.data.eval_batch_size)
-        quality, quality_record = sample_quality_stage(cfg, model, datamodule, x, run.run_dir)
-    except BaseException as err:  # the stages done stay, under the status of the evaluation
-        if isinstance(err, KeyboardInterrupt):
-            status, error = "interrupted", f"interrupted by {signal_name()}"
-        else:
-            status, error = "failed", f"{type(err).__name__}: {err}"
-        write_json(run.run_dir / EVAL_FILE, {**head, "status": status, "error": error, **written})
-        raise
-    finally:
-        stage_sink.reset(token)
-    if cfg.eval.compile:
-        metrics["eval/compile_s"] = model.compile_seconds
-    metrics.update(quality)
-    chosen.update(quality_record)
-    save(metrics, "completed", **chosen)
-    log_to_wandb(run.run_dir, cfg, metrics)
-    return {**head, "status": "completed", **chosen, **metrics}
+    with evaluation_lock(run.run_dir):
+        retire_evaluation(run.run_dir)
+        token = stage_sink.set(save)
+        try:
+            batch_size = cfg.data.eval_batch_size
+            metrics, chosen = evaluate_points(model, x, cfg.eval, families, batch_size)
+            quality, quality_record = sample_quality_stage(cfg, model, datamodule, x, run.run_dir)
+        except BaseException as err:  # the stages done stay, under the status of the evaluation
+            if isinstance(err, KeyboardInterrupt):
+                status, error = "interrupted", f"interrupted by {signal_name()}"
+            else:
+                status, error = "failed", f"{type(err).__name__}: {err}"
+            ended = {**head, "status": status, "error": error, **written}
+            write_json(run.run_dir / EVAL_FILE, ended)
+            raise
+        finally:
+            stage_sink.reset(token)
+        if cfg.eval.compile:
+            metrics["eval/compile_s"] = model.compile_seconds
+        metrics.update(quality)
+        chosen.update(quality_record)
+        save(metrics, "completed", **chosen)
+        log_to_wandb(run.run_dir, cfg, metrics)
+        return {**head, "status": "completed", **chosen, **metrics}
 
 
 _failures: list[str] = []  # the runs of this process whose evaluation failed

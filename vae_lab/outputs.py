@@ -8,11 +8,14 @@ of a shared folder can read them), then renamed over the target: readers never s
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,8 @@ EVAL_HISTORY = "evals"
 EVAL_PREFIX = "eval/"
 #: in metrics.json, the split the eval/* figures are of (absent: test, as before it was kept)
 EVAL_SPLIT = "eval/split"
+#: held by the evaluation of the run (``evaluation_lock``)
+EVAL_LOCK = ".evaluate.lock"
 
 
 def _plain(value: Any) -> Any:
@@ -104,3 +109,24 @@ def retire_evaluation(run_dir: Path) -> Path | None:
 def without_evaluation(record: dict[str, Any]) -> dict[str, Any]:
     """The record less the evaluation's figures (``eval/*``)."""
     return {k: v for k, v in record.items() if not k.startswith(EVAL_PREFIX)}
+
+
+@contextmanager
+def evaluation_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run's evaluation lock (an exclusive ``flock`` on ``.evaluate.lock``) for the
+    body: a second ``vae_lab.evaluate`` of the same run, which would retire and rewrite
+    eval.json and metrics.json under the first, is refused at once instead. The lock goes with
+    the process, however it ends. Where the file system offers no ``flock`` (some cluster
+    mounts), the evaluation goes on unlocked, with a warning."""
+    path = run_dir / EVAL_LOCK
+    with open(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)) as handle:  # another user's too
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{run_dir} is being evaluated by another process (it holds {path}): "
+                "evaluate it again when that one ends"
+            ) from None
+        except OSError as err:
+            log.warning("cannot lock %s (%s): evaluating it unlocked", path, err.strerror or err)
+        yield
