@@ -322,10 +322,11 @@ def test_bad_input_is_one_line_and_changes_nothing(name, finished, tmp_path, mon
     assert finished_runs == {p for p in before if p.startswith("sweep/")}  # nor added to them
 
 
-def test_an_evaluation_refuses_a_run_another_evaluation_holds(
+def test_an_evaluation_holds_its_run_against_another_and_against_resuming(
     finished, tmp_path, monkeypatch, capsys
 ):
-    """Two evaluations of one run would retire and rewrite each other's records."""
+    """Two evaluations of one run, or an evaluation and the run's resumed training, would
+    retire and rewrite each other's records."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished / "0", run_dir)
     with open(run_dir / EVAL_LOCK, "w") as held:
@@ -338,6 +339,14 @@ def test_an_evaluation_refuses_a_run_another_evaluation_holds(
     status, err = invoke("evaluate", [f"run_dir={run_dir}", *EVAL_QUICK], monkeypatch, capsys)
     assert status == 0, err[-2000:]  # released: evaluated
     assert read_metrics(run_dir)["eval/split"] == "test"
+    with open(run_dir / EVAL_LOCK) as held:  # its training resumed under an evaluation
+        fcntl.flock(held, fcntl.LOCK_EX)
+        before = snapshot(tmp_path)
+        status, err = invoke("run", [f"resume={run_dir}"], monkeypatch, capsys)
+        assert status == 2, err[-2000:]
+        assert f"error: {run_dir} is being evaluated by another process" in err
+        assert f"resume it (python -m vae_lab.run resume={run_dir})" in err
+        assert snapshot(tmp_path) == before
 
 
 def run_cli(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

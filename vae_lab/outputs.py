@@ -112,12 +112,13 @@ def without_evaluation(record: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def evaluation_lock(run_dir: Path) -> Iterator[None]:
+def evaluation_lock(run_dir: Path, then: str = "evaluate it again") -> Iterator[None]:
     """Hold the run's evaluation lock (an exclusive ``flock`` on ``.evaluate.lock``) for the
-    body: a second ``vae_lab.evaluate`` of the same run, which would retire and rewrite
-    eval.json and metrics.json under the first, is refused at once instead. The lock goes with
-    the process, however it ends. Where the file system offers no ``flock`` (some cluster
-    mounts), the evaluation goes on unlocked, with a warning."""
+    body: a second ``vae_lab.evaluate`` of the same run, or its resumed training, which would
+    retire and rewrite eval.json and metrics.json under the first, is refused at once instead
+    (the error ends "``then`` when that one ends"). The lock goes with the process, however it
+    ends. Where the file system offers no ``flock`` (some cluster mounts), the body runs
+    unlocked, with a warning."""
     path = run_dir / EVAL_LOCK
     with open(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)) as handle:  # another user's too
         try:
@@ -125,8 +126,8 @@ def evaluation_lock(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise ConfigError(
                 f"{run_dir} is being evaluated by another process (it holds {path}): "
-                "evaluate it again when that one ends"
+                f"{then} when that one ends"
             ) from None
         except OSError as err:
-            log.warning("cannot lock %s (%s): evaluating it unlocked", path, err.strerror or err)
+            log.warning("cannot lock %s (%s): going on unlocked", path, err.strerror or err)
         yield

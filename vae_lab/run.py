@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ from vae_lab.data import DataFileError
 from vae_lab.identity import choices_of, config_hash, identity, warmup_unused
 from vae_lab.interrupts import Interrupted, catching_signals, received, resume_command
 from vae_lab.outputs import (
+    EVAL_LOCK,
     METRICS_FILE,
+    evaluation_lock,
     read_metrics,
     retire_evaluation,
     without_evaluation,
@@ -256,7 +259,13 @@ def resume_config(
         )
     saved = OmegaConf.load(saved_path)
     record = without_evaluation(read_metrics(folder))
-    if rank_zero_only.rank == 0 and (kept := retire_evaluation(folder)) is not None:
+    kept = None
+    if rank_zero_only.rank == 0:  # not under an evaluation still writing (a run ever evaluated)
+        then = f"resume it ({resume_command(folder)})"
+        evaluated = (folder / EVAL_LOCK).exists()
+        with evaluation_lock(folder, then) if evaluated else nullcontext():
+            kept = retire_evaluation(folder)
+    if kept is not None:
         log.warning(
             "resuming %s: its evaluation, of the checkpoints training is about to change, is "
             "kept as %s and leaves metrics.json; evaluate the run again when it ends",
