@@ -4,6 +4,7 @@ latest evaluation's, each written atomically.
 Files are written to a temporary file beside the target, given the permissions of any file
 the process creates (0666 less the umask, as ``open`` gives: 0644 by default, so another user
 of a shared folder can read them), then renamed over the target: readers never see half.
+An evaluation holds the run's ``.evaluate.lock`` while it writes (``evaluation_lock``).
 """
 
 from __future__ import annotations
