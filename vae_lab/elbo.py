@@ -57,12 +57,6 @@ class Reparameterization:
     pull_back: Callable[[Tensor], Tensor]
 
 
-def _standard_normal_like(loc: Tensor) -> StandardNormal:
-    """N(0, I) of loc's shape, unchecked: its log_prob runs on every chunk of the IW estimate,
-    where checking the support of the [S, B, D] noise would cost a pass over it and a sync."""
-    return StandardNormal(torch.zeros_like(loc))
-
-
 def _affine(loc: Tensor, log_det: Tensor, scale: Callable[[Tensor], Tensor]) -> PushForward:
     return lambda eps: (loc + scale(eps), log_det.expand(eps.shape[:-1]))
 
@@ -84,14 +78,14 @@ def reparameterize(q: Distribution) -> Reparameterization:
         if q.reinterpreted_batch_ndims == 1:
             loc, scale = q.base_dist.loc, q.base_dist.scale
             return Reparameterization(
-                _standard_normal_like(loc),
+                StandardNormal(torch.zeros_like(loc)),
                 _affine(loc, scale.log().sum(-1), lambda eps: scale * eps),
                 lambda z: ((z.double() - loc.double()) / scale.double()).to(z.dtype),
             )
     if isinstance(q, MultivariateNormal):
         loc, tril = q.loc, q.scale_tril
         return Reparameterization(
-            _standard_normal_like(loc),
+            StandardNormal(torch.zeros_like(loc)),
             _affine(
                 loc,
                 tril.diagonal(dim1=-2, dim2=-1).log().sum(-1),

@@ -8,7 +8,8 @@ likelihood, and the closed-form KL from the first to the second (Kingma & Wellin
 Both classes are torch's ``Independent(Normal(loc, scale), 1)``, so everything that handles
 that pair (sampling, log_prob, the other KLs, ``vae_lab.elbo.reparameterize``) handles them.
 They are built without argument validation: their parameters are valid by construction, and
-the checks run on every training step and every chunk of the IW estimate.
+the checks run on every training step and every chunk of the IW estimate (there, checking the
+support of the [S, B, D] noise would cost a pass over it and a sync).
 
 The KL is one autograd node, registered with ``torch.distributions.kl``: torch's own path
 (``Independent`` over ``_kl_normal_normal``) broadcasts the prior's zeros and ones and runs
