@@ -1,4 +1,4 @@
-"""AIS: ``vae_lab.ais.ais_log_px`` throughput in datapoint-chain-steps per second.
+"""AIS: ``vae_lab.estimators.ais.ais_log_px`` throughput in datapoint-chain-steps per second.
 
 One AIS step is one HMC transition of every chain (``eval.ais_leapfrog_steps`` leapfrog steps,
 each a forward and backward pass of the decoder); datapoints and chains form one batch, as in
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import Bench, Result, timed
-from vae_lab.ais import ais_log_px
-from vae_lab.module import VAE
+from vae_lab.estimators.ais import ais_log_px
+from vae_lab.model.module import VAE
 
 
 @dataclass

@@ -15,9 +15,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.data import InMemoryDataModule
-from vae_lab.module import VAE
+from vae_lab.components.data import InMemoryDataModule
+from vae_lab.model.module import VAE
+from vae_lab.training.build import build_datamodule
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -83,7 +83,7 @@ class Bench:
     def model(self, seed: int = 0) -> VAE:
         """A freshly initialised model (the same weights for the same seed), on the device."""
         torch.manual_seed(seed)
-        return build_model(self.cfg, self.data_dim).to(self.device)
+        return VAE.from_config(self.cfg, self.data_dim).to(self.device)
 
     def test_points(self, n: int) -> torch.Tensor:
         """The first ``n`` test images, binarised as the test stage sees them."""

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent
 
 from benchmarks.common import Bench, Goal, Result, interleaved, timed
-from vae_lab.module import VAE
+from vae_lab.model.module import VAE
 
 
 @dataclass

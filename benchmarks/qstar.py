@@ -1,5 +1,5 @@
-"""q* optimisation: ``vae_lab.gaps.fit_qstar`` on many datapoints at once against one datapoint
-at a time.
+"""q* optimisation: ``vae_lab.estimators.gaps.fit_qstar`` on many datapoints at once against one
+datapoint at a time.
 
 fit_qstar optimises free posterior parameters theta [N, P] for N datapoints side by side (the
 objective is the sum of their ELBOs). The batched run fits ``points`` datapoints (1,000, as
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import Bench, Goal, Result, interleaved
-from vae_lab.gaps import QStarSettings, fit_qstar
-from vae_lab.module import VAE
+from vae_lab.estimators.gaps import QStarSettings, fit_qstar
+from vae_lab.model.module import VAE
 
 
 @dataclass

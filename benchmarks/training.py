@@ -51,11 +51,11 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from benchmarks.common import Bench, Goal, Result, rounds, synchronize, timed
-from vae_lab.build import build_logger, build_trainer
-from vae_lab.data import binarize
-from vae_lab.data.batches import BatchOrder
-from vae_lab.module import VAE
-from vae_lab.posteriors.gaussian import MIN_SCALE
+from vae_lab.components.data import binarize
+from vae_lab.components.data.batches import BatchOrder
+from vae_lab.components.posteriors.gaussian import MIN_SCALE
+from vae_lab.model.module import VAE
+from vae_lab.training.build import build_logger, build_trainer
 
 
 @dataclass

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
-from vae_lab.elbo import iw_log_px
-from vae_lab.metrics import ActiveUnits
+from vae_lab.estimators.elbo import iw_log_px
+from vae_lab.estimators.metrics import ActiveUnits
 
 
 @pytest.mark.parametrize("num_samples", [20, 100, 1000])

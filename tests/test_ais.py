@@ -10,7 +10,8 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from tests.test_linear_gaussian import known_ppca_vae
 from tests.test_ppca_sizes import Size, ppca_vae
-from vae_lab.ais import (
+from vae_lab.components.posteriors.flow import FlowDistribution, FlowTransform
+from vae_lab.estimators.ais import (
     ChainState,
     ais_log_px,
     ess_fraction,
@@ -19,7 +20,6 @@ from vae_lab.ais import (
     sigmoid_schedule,
     warn_if_biased,
 )
-from vae_lab.posteriors.flow import FlowDistribution, FlowTransform
 
 
 def test_sigmoid_schedule_rises_from_zero_to_one():

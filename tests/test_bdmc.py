@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from vae_lab.bdmc import warn_if_uncertified
-from vae_lab.estimate import Figure
+from vae_lab.estimators.bdmc import warn_if_uncertified
+from vae_lab.estimators.estimate import Figure
 
 
 def test_a_wide_bdmc_sandwich_warns_in_one_line(caplog):

@@ -7,8 +7,8 @@ import csv
 
 import pytest
 
-from vae_lab import csv_logger
-from vae_lab.csv_logger import CSVLogger
+from vae_lab.records import csv_logger
+from vae_lab.records.csv_logger import CSVLogger
 
 
 def rows_of(logger: CSVLogger) -> list[dict[str, str]]:

@@ -16,10 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, options
-from vae_lab.data import BinarizedMNIST, DataFileError, Digits, IDXImages, binarize
-from vae_lab.data.batches import BatchOrder, TensorBatches
-from vae_lab.data.files import RemoteFile, fetch
-from vae_lab.validation import ConfigError
+from vae_lab.components.data import BinarizedMNIST, DataFileError, Digits, IDXImages, binarize
+from vae_lab.components.data.batches import BatchOrder, TensorBatches
+from vae_lab.components.data.files import RemoteFile, fetch
+from vae_lab.config.validation import ConfigError
 
 
 @pytest.fixture
@@ -98,7 +98,8 @@ def test_grey_level_data_stays_grey_level():
 IDX_OPTIONS = [  # the data options read from IDX files
     name
     for name in options("data")
-    if OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")._target_ == "vae_lab.data.IDXImages"
+    if OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")._target_
+    == "vae_lab.components.data.IDXImages"
 ]
 
 

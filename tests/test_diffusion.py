@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vae_lab.diffusion import LatentDiffusion
+from vae_lab.components.diffusion import LatentDiffusion
 
 
 def gaussian_mixture(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,13 +1,17 @@
-"""DDP on 2 CPU processes gives the numbers of 1 process (resumed runs: tests/test_records.py)."""
+"""DDP on 2 CPU processes: the test figures are its checkpoint's (resumed runs:
+tests/test_records.py); the test stage computes in full precision."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.conftest import compose_config
-from vae_lab.build import build_datamodule, build_model, build_trainer
-from vae_lab.outputs import read_metrics
+from vae_lab.evaluation.test_stage import run_test_stage, stages_for_test
+from vae_lab.model.module import VAE
+from vae_lab.records.outputs import read_metrics
 from vae_lab.run import execute
+from vae_lab.training.build import build_datamodule
 
 TEST_METRICS = (
     "test/log_px",
@@ -20,20 +24,16 @@ TEST_METRICS = (
 
 
 def _test_metrics(overrides: list[str], ckpt: str, run_dir) -> dict[str, float]:
+    """The test stage's figures of the checkpoint, in this process."""
     cfg = compose_config(
-        [
-            *overrides,
-            "trainer.limit_test_batches=null",
-            "data.eval_batch_size=50",
-            "eval.num_samples=64",
-            "eval.chunk_size=16",
-        ]
+        [*overrides, "data.eval_batch_size=50", "eval.num_samples=64", "eval.chunk_size=16"]
     )
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.data_dim)
-    trainer = build_trainer(cfg, run_dir, None)
-    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k in TEST_METRICS}
+    datamodule.setup()
+    model = VAE.from_config(cfg, datamodule.data_dim)
+    stages = stages_for_test(cfg, datamodule)
+    metrics = run_test_stage(stages, cfg, model, datamodule, run_dir, ckpt)
+    return {k: v for k, v in metrics.items() if k in TEST_METRICS}
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,17 @@ def ckpt(tmp_path_factory) -> str:
     return str(run_dir / "checkpoints" / "last.ckpt")
 
 
-def test_two_processes_give_the_numbers_of_one(ckpt, tmp_path):
-    # digits' test set has 359 images: 8 batches of 50 (the last of 9), split 4 + 4
-    one = _test_metrics([], ckpt, tmp_path / "one")
-    two = _test_metrics(
-        ["trainer=ddp_sim", "trainer.enable_progress_bar=false"], ckpt, tmp_path / "two"
-    )
-    print("1 process:", one, "\n2 processes:", two)
+def test_a_ddp_run_records_the_test_figures_of_its_checkpoint(tmp_path):
+    """Two processes train; rank 0 tests the best checkpoint: its figures are those of the
+    checkpoint tested in one process."""
+    overrides = ["data.eval_batch_size=50", "eval.num_samples=64", "eval.chunk_size=16"]
+    ddp = ["trainer=ddp_sim", "trainer.enable_progress_bar=false"]
+    record = execute(compose_config([*overrides, *ddp]), tmp_path / "two", {})
+    assert record["status"] == "completed"
+    one = _test_metrics([], str(tmp_path / "two" / "checkpoints" / "best.ckpt"), tmp_path)
     assert set(one) == set(TEST_METRICS)
     for key in TEST_METRICS:
-        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+        assert record[key] == pytest.approx(one[key], rel=1e-6), key
 
 
 @pytest.mark.slow
@@ -75,6 +76,7 @@ def test_ddp_sim_training_writes_one_metrics_file(tmp_path):
 
 def test_evaluation_ignores_the_training_precision(ckpt, tmp_path):
     full = _test_metrics([], ckpt, tmp_path / "full")
-    mixed = _test_metrics(["trainer.precision=bf16-mixed"], ckpt, tmp_path / "mixed")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = _test_metrics([], ckpt, tmp_path / "mixed")
     for key in TEST_METRICS:
         assert mixed[key] == pytest.approx(full[key], rel=1e-6), key

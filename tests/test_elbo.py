@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from vae_lab.elbo import analytic_kl, elbo_terms, iw_log_px, log_importance_weights
-from vae_lab.posteriors.gaussian import diagonal_gaussian
+from vae_lab.components.posteriors.gaussian import diagonal_gaussian
+from vae_lab.estimators.elbo import analytic_kl, elbo_terms, iw_log_px, log_importance_weights
 
 
 @pytest.fixture(autouse=True)
@@ -201,7 +201,7 @@ def test_monte_carlo_kl_agrees_with_the_analytic_kl_within_its_stderr(dim, chunk
     its stated stderr, and that stderr the sample spread over S draws."""
     from torch.distributions import Categorical, MixtureSameFamily
 
-    from vae_lab.elbo import kl_estimate
+    from vae_lab.estimators.elbo import kl_estimate
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(dim)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from vae_lab.estimate import ROUNDING, Estimate, Figure
+from vae_lab.estimators.estimate import ROUNDING, Estimate, Figure
 
 
 def test_stderr_of_a_mean_of_independent_estimates():

@@ -15,9 +15,10 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose_config
-from vae_lab.build import build_model
-from vae_lab.evaluate import main, qstar_families
-from vae_lab.outputs import read_metrics
+from vae_lab.evaluate import main
+from vae_lab.evaluation.stages.qstar import families as qstar_families
+from vae_lab.model.module import VAE
+from vae_lab.records.outputs import read_metrics
 from vae_lab.run import execute
 
 #: small enough for seconds, large enough for the checks
@@ -29,6 +30,7 @@ QUICK = [
     "eval.ais_chains=4",
     "eval.ais_leapfrog_steps=5",
     "eval.qstar_max_steps=300",
+    "eval.stages=[iw,refined,exact,qstar,ais]",
 ]
 CONTRACT = ("eval/log_px_ais", "eval/elbo_qstar", "eval/approximation_gap", "eval/amortization_gap")
 
@@ -179,7 +181,7 @@ def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
         "data=linear_gaussian", "likelihood=gaussian", "posterior=full_cov", "model=linear",
         "latent_dim=4", "data.num_train=2000", "data.num_test=300", "trainer.max_epochs=20",
         "optim.lr=0.01", "trainer.limit_train_batches=null",
-        "trainer.limit_test_batches=null", "eval.num_samples=5000", "eval.chunk_size=1000",
+        "eval.num_samples=5000", "eval.chunk_size=1000",
     ]  # fmt: skip
     run_dir = train(tmp_path / "run", overrides)
     # q* converges (no step cap); AIS from the encoder's q, which is near the posterior here
@@ -232,7 +234,7 @@ def test_a_50d_run_with_a_poor_encoder_is_estimated_from_qstar(tmp_path):
 
 def test_a_cross_family_qstar_through_untrained_shared_networks_is_flagged(caplog):
     cfg = compose_config(["posterior=gaussian", "eval.qstar_family=[gaussian,planar,flow]"])
-    model = build_model(cfg, data_dim=64)
+    model = VAE.from_config(cfg, data_dim=64)
     with caplog.at_level(logging.WARNING):
         families = qstar_families(cfg, model)
     assert [suffix for _, suffix in families] == ["", "_planar", "_flow"]

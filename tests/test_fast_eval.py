@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
-from vae_lab.build import build_model
-from vae_lab.fast_eval import CPU_CHUNK_SIZE, GPU_SAMPLES_IN_FLIGHT, default_chunk_size
+from vae_lab.estimators.fast_eval import CPU_CHUNK_SIZE, GPU_SAMPLES_IN_FLIGHT, default_chunk_size
+from vae_lab.model.module import VAE
 
 
 def model(overrides: list[str] = ()):
     torch.manual_seed(0)
-    return build_model(compose_config(list(overrides)), 64).eval()
+    return VAE.from_config(compose_config(list(overrides)), 64).eval()
 
 
 def test_default_chunk_size_per_device():
@@ -53,7 +53,7 @@ def test_gradients_go_through_the_eager_log_likelihood():
 
 @pytest.mark.parametrize("value", ["0", "yes"])
 def test_bad_eval_speed_settings_are_refused(value):
-    from vae_lab.validation import ConfigError, validate
+    from vae_lab.config.validation import ConfigError, validate
 
     key = "eval.chunk_size" if value == "0" else "eval.compile"
     with pytest.raises(ConfigError, match=key):

@@ -27,13 +27,17 @@ import torch
 
 from tests.conftest import REPO, SHARED_DATA, SHRINK
 from vae_lab import evaluate, run
-from vae_lab.outputs import EVAL_LOCK, read_metrics
+from vae_lab.config.compose import compose_default
+from vae_lab.config.validation import ConfigError
+from vae_lab.evaluation.stages import ais as ais_stage
+from vae_lab.records import run_folder
+from vae_lab.records.outputs import EVAL_LOCK, read_metrics
 
 #: the fixture's data: a sweep of two jobs, each a finished run
 SWEEP_JOBS = ("0", "1")
 DATA_FILES = {"mnist": ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")}
 EVAL_QUICK = ["eval.gap_points=10", "eval.num_samples=20", "eval.ais_steps=5",
-              "eval.qstar_max_steps=20"]  # fmt: skip
+              "eval.qstar_max_steps=20", "eval.stages=[iw,qstar,ais]"]  # fmt: skip
 
 
 def invoke(module: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
@@ -372,6 +376,7 @@ def test_a_signal_records_interrupted_and_exits_128_plus_it(sig, tmp_path):
     assert "LeafSpec" not in result.stderr  # and so is its internal deprecation warning
 
 
+@pytest.mark.slow  # a sweep in a subprocess: make test-full
 def test_a_sweep_stopped_by_sigterm_says_how_its_jobs_ended(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", *SHRINK, "+fault=none,sigterm,none", f"hydra.sweep.dir={sweep}")
@@ -389,11 +394,11 @@ def test_evaluate_refuses_a_folder_it_cannot_write_before_any_work(finished, tmp
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(evaluate.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(run_folder.tempfile, "NamedTemporaryFile", read_only)
     monkeypatch.setattr(evaluate, "build_datamodule", lambda cfg: pytest.fail("work started"))
-    with pytest.raises(evaluate.ConfigError, match=f"cannot write into {tmp_path / 'run'}"):
+    with pytest.raises(ConfigError, match=f"cannot write into {tmp_path / 'run'}"):
         evaluate.evaluate_run(evaluate.locate(str(tmp_path / "run"), None)[0],
-                              evaluate.compose_default(), [])  # fmt: skip
+                              compose_default(), [])  # fmt: skip
     assert snapshot(tmp_path / "run") == before
 
 
@@ -437,7 +442,7 @@ def test_an_interrupted_evaluation_says_so_and_its_record_holds_its_own_figures_
     def pressed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "ais_log_px", pressed)
+    monkeypatch.setattr(ais_stage, "ais_log_px", pressed)
     status, err = invoke("evaluate", argv, monkeypatch, capsys)
     assert status == 128 + signal.SIGINT
     assert err.strip().splitlines()[-1].startswith("interrupted by SIGINT: eval.json keeps")
@@ -480,7 +485,7 @@ def test_evaluate_writes_each_stage_as_it_ends_and_files_are_readable_by_others(
     def broken(*args, **kwargs):
         raise RuntimeError("AIS broke")
 
-    monkeypatch.setattr(evaluate, "ais_log_px", broken)
+    monkeypatch.setattr(ais_stage, "ais_log_px", broken)
     with evaluate.initialize_config_dir(config_dir=str(evaluate.CONF_DIR), version_base="1.3"):
         request = evaluate.compose("evaluate", overrides=EVAL_QUICK)
         with pytest.raises(RuntimeError, match="AIS broke"):

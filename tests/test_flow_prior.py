@@ -10,9 +10,9 @@ import torch
 from torch.autograd.functional import jacobian
 
 from tests.conftest import CONF_DIR, compose_config
-from vae_lab.build import build_model
-from vae_lab.outputs import read_metrics
-from vae_lab.priors import FlowPrior
+from vae_lab.components.priors import FlowPrior
+from vae_lab.model.module import VAE
+from vae_lab.records.outputs import read_metrics
 from vae_lab.run import execute
 
 DATA_DIM = 64  # the digits' 8 x 8
@@ -63,8 +63,8 @@ def test_flow_prior_log_density_is_the_change_of_variables_with_autograd_jacobia
 
 
 def test_flow_prior_with_identity_layers_equals_the_standard_prior_exactly():
-    standard = build_model(compose_config(), DATA_DIM)
-    flow = build_model(compose_config(["prior=flow"]), DATA_DIM)
+    standard = VAE.from_config(compose_config(), DATA_DIM)
+    flow = VAE.from_config(compose_config(["prior=flow"]), DATA_DIM)
     shared = {k: v for k, v in standard.state_dict().items() if not k.startswith("prior.")}
     flow.load_state_dict(shared, strict=False)
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_flow_prior_with_identity_layers_equals_the_standard_prior_exactly():
 
 def test_flow_prior_gets_gradients_from_the_training_loss():
     torch.manual_seed(0)
-    model = build_model(compose_config(["prior=flow"]), DATA_DIM)
+    model = VAE.from_config(compose_config(["prior=flow"]), DATA_DIM)
     x = torch.bernoulli(torch.full((50, DATA_DIM), 0.3))
     (-model.elbo(x).elbo.mean()).backward()
     for name, parameter in model.prior.named_parameters():

@@ -2,40 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import Tensor
 
-from vae_lab.posteriors.flow import FlowLayer, FlowTransform
-from vae_lab.posteriors.iaf import IAFLayer
-from vae_lab.posteriors.planar import PlanarLayer, PlanarTransform
-from vae_lab.posteriors.realnvp import CouplingLayer
-from vae_lab.posteriors.residual import MIN_SLOPE
-from vae_lab.posteriors.sylvester import SylvesterLayer
+from tests.conftest import sized_option, subclass_options
+from vae_lab.components.posteriors.flow import FlowLayer, FlowPosterior, FlowTransform
+from vae_lab.components.posteriors.iaf import IAFLayer
+from vae_lab.components.posteriors.planar import PlanarTransform
+from vae_lab.components.posteriors.residual import MIN_SLOPE
+from vae_lab.components.posteriors.sylvester import SylvesterLayer
 
 DIM, CONTEXT, HIDDEN = 5, 3, 16  # an odd D: the coupling halves differ in size
+#: the flow posteriors' options (conf/posterior/), two small layers each: coupling and
+#: autoregressive flows alternate the variable order, so both orders are tested
+FLOWS = subclass_options("posterior", FlowPosterior)
+SIZES = {"num_flows": 2, "context_dim": CONTEXT, "hidden_dim": HIDDEN, "num_householder": 3}
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tests run many small tensor ops, for which intra-op threads only add
-    synchronisation (on a loaded 2-core machine they made this module 5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def flow_layer(option: str, index: int) -> FlowLayer:
+    """Layer ``index`` of the flow posterior ``option`` with the small SIZES, on R^DIM."""
+    family = instantiate(sized_option("posterior", option, SIZES), feature_dim=8, latent_dim=DIM)
+    return family.layers[index]
 
 
 LAYERS: dict[str, Callable[[], FlowLayer]] = {
-    "planar": lambda: PlanarLayer(DIM),
-    "realnvp": lambda: CouplingLayer(DIM, CONTEXT, HIDDEN, flip=False),
-    "realnvp_flipped": lambda: CouplingLayer(DIM, CONTEXT, HIDDEN, flip=True),
-    "iaf": lambda: IAFLayer(DIM, CONTEXT, HIDDEN, reverse=False),
-    "iaf_reversed": lambda: IAFLayer(DIM, CONTEXT, HIDDEN, reverse=True),
-    "sylvester": lambda: SylvesterLayer(DIM, num_householder=3),
+    f"{option}_{index}": functools.partial(flow_layer, option, index)
+    for option in FLOWS
+    for index in range(SIZES["num_flows"])
 }
 
 

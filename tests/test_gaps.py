@@ -12,10 +12,9 @@ from hydra.utils import instantiate
 
 from tests.conftest import CONF_DIR, compose_config
 from tests.test_linear_gaussian import exact_diagonal_kl, known_ppca_vae
-from vae_lab.build import build_datamodule, build_model, build_trainer
-from vae_lab.elbo import elbo_terms, iw_log_px
-from vae_lab.estimate import Estimate
-from vae_lab.gaps import (
+from vae_lab.estimators.elbo import elbo_terms, iw_log_px
+from vae_lab.estimators.estimate import Estimate
+from vae_lab.estimators.gaps import (
     QStarFit,
     QStarSettings,
     fit_qstar,
@@ -23,7 +22,8 @@ from vae_lab.gaps import (
     prior_theta,
     qstar_residual,
 )
-from vae_lab.module import VAE
+from vae_lab.model.module import VAE
+from vae_lab.training.build import build_datamodule, build_trainer
 
 FAST_FAMILIES = ("gaussian", "flow")  # full_cov: test_ppca_sizes, against its exact optimum
 FAMILIES = sorted(p.stem for p in (CONF_DIR / "posterior").glob("*.yaml"))
@@ -134,7 +134,7 @@ def trained_digits(tmp_path_factory) -> Callable[[str], tuple[VAE, torch.Tensor]
         )
         torch.manual_seed(0)
         datamodule = build_datamodule(cfg)
-        model = build_model(cfg, datamodule.data_dim)
+        model = VAE.from_config(cfg, datamodule.data_dim)
         trainer = build_trainer(cfg, tmp_path_factory.mktemp(posterior), None)
         trainer.fit(model, datamodule=datamodule)
         return model.eval().requires_grad_(False), datamodule.splits[2][:20]
@@ -183,6 +183,8 @@ def family_in_3d(name: str):
     return family, torch.distributions.Independent(normal, 1)
 
 
+# Only the Gaussian part of theta is matched: families whose prior fit leaves per-datapoint
+# flow layers away from the identity (iaf, planar, sylvester) start near, not at, the moments.
 @pytest.mark.parametrize("name", ["gaussian", "full_cov", "flow"])
 def test_a_moment_matched_start_has_the_mean_and_spread_of_the_other_q(name):
     """A q* of another family starts at the moments of the encoder's q: here a correlated

@@ -18,8 +18,8 @@ import torch
 from tests.conftest import SHRINK, checkpoint_model, compose_config
 from tests.test_distributed import TEST_METRICS, _test_metrics
 from tests.test_records import csv_rows, run_cli
-from vae_lab.elbo import reparameterize
-from vae_lab.outputs import read_metrics
+from vae_lab.estimators.elbo import reparameterize
+from vae_lab.records.outputs import read_metrics
 from vae_lab.run import execute
 
 pytestmark = [
@@ -94,7 +94,7 @@ def test_ddp_and_bf16_training_run_on_cuda(trainer, tmp_path):
 def test_sigterm_then_resume_on_cuda_equals_an_uninterrupted_run(tmp_path):
     """As tests/test_records.py on the CPU: the checkpoint carries CUDA's RNG state, so the
     resumed run draws what the uninterrupted one drew."""
-    base = [*SHRINK, *GPU, "trainer.max_epochs=4", "trainer.limit_test_batches=2",
+    base = [*SHRINK, *GPU, "trainer.max_epochs=4",
             "trainer.log_every_n_steps=1", "trainer.deterministic=true", "logger=csv"]  # fmt: skip
     env = {"CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")}
     straight = run_cli(*base, f"hydra.run.dir={tmp_path / 'straight'}", **env)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import compose_config, options
-from vae_lab.build import build_model
+from tests.conftest import compose_config, options, sized_overrides
+from vae_lab.model.module import VAE
+from vae_lab.records.collect import default_options
 
-OBJECTIVES = {
-    "elbo": ["objective=elbo"],
-    "iwae": ["objective=iwae", "objective.num_samples=3"],
-    "savae": ["objective=savae", "objective.refine_steps=2", "objective.refine_backprop=true"],
-}
+#: an objective's settings here, for those of these keys it has: few samples, and a short
+#: refinement differentiated through
+OBJECTIVE_SIZES = {"num_samples": 3, "refine_steps": 2, "refine_backprop": "true"}
 DATA_DIM, STEP = 10, 4e-6
 
 
@@ -27,17 +26,40 @@ def loss_of(model, x: torch.Tensor) -> torch.Tensor:
     return model.objective.loss(model, x, step=10**9).loss
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-@pytest.mark.parametrize("objective", list(OBJECTIVES))
-@pytest.mark.parametrize("prior", options("prior"))
-@pytest.mark.parametrize("posterior", options("posterior"))
+def cases() -> list:
+    """Every posterior x prior x objective x likelihood; the fast suite takes those with the
+    default posterior or the default prior (every option of every group, each with every
+    other group's options but one), ``make test-full`` the whole product."""
+    default = default_options()
+    return [
+        pytest.param(
+            posterior,
+            prior,
+            objective,
+            likelihood,
+            marks=()
+            if default["posterior"] == posterior or default["prior"] == prior
+            else pytest.mark.slow,
+        )  # fmt: skip
+        for posterior in options("posterior")
+        for prior in options("prior")
+        for objective in options("objective")
+        for likelihood in options("likelihood")
+    ]
+
+
+@pytest.mark.parametrize(("posterior", "prior", "objective", "likelihood"), cases())
 def test_gradient_is_the_finite_difference(posterior, prior, objective, likelihood):
-    overrides = [f"posterior={posterior}", f"prior={prior}", f"likelihood={likelihood}",
-                 "model.hidden=[8]", "latent_dim=2", *OBJECTIVES[objective]]  # fmt: skip
-    if prior == "vamp":
-        overrides.append("prior.init=random")  # no training set here
+    overrides = [
+        f"posterior={posterior}",
+        f"likelihood={likelihood}",
+        "model.hidden=[8]",
+        "latent_dim=2",
+        *sized_overrides("objective", objective, OBJECTIVE_SIZES),
+        *sized_overrides("prior", prior, {"init": "random"}),  # no training set here
+    ]
     torch.manual_seed(0)  # the initial weights
-    model = build_model(compose_config(overrides), DATA_DIM).double()
+    model = VAE.from_config(compose_config(overrides), DATA_DIM).double()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(4, DATA_DIM, generator=g, dtype=torch.float64)
     x = (x > 0.5).double() if likelihood == "bernoulli" else x

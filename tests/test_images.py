@@ -12,9 +12,10 @@ from matplotlib.image import imread
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from tests.conftest import compose_config
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.callbacks import PRIOR_SAMPLES_FILE, RECONSTRUCTIONS_FILE, ImageGrids
-from vae_lab.images import BORDER_VALUE, save_image_grid, tile
+from vae_lab.components.images import BORDER_VALUE, save_image_grid, tile
+from vae_lab.model.module import VAE
+from vae_lab.training.build import build_datamodule
+from vae_lab.training.callbacks import PRIOR_SAMPLES_FILE, RECONSTRUCTIONS_FILE, ImageGrids
 
 
 def test_tile_lays_images_out_row_by_row_between_borders():
@@ -48,7 +49,7 @@ def digits_model():
     cfg = compose_config()
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    return datamodule, build_model(cfg, datamodule.data_dim)
+    return datamodule, VAE.from_config(cfg, datamodule.data_dim)
 
 
 def fake_trainer(datamodule, run_dir, loggers=(), rank_zero=True) -> SimpleNamespace:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli
 
-from vae_lab.likelihoods import BernoulliLikelihood, bernoulli_log_density_by_products
+from vae_lab.components.likelihoods import BernoulliLikelihood, bernoulli_log_density_by_products
 
 
 def torch_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

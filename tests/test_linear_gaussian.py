@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.data.linear_gaussian import PPCA, LinearGaussian, ppca_of
-from vae_lab.elbo import iw_log_px
-from vae_lab.module import VAE
-from vae_lab.validation import ConfigError
+from vae_lab.components.data.linear_gaussian import LinearGaussian
+from vae_lab.components.ppca import PPCA, ppca_of
+from vae_lab.config.validation import ConfigError
+from vae_lab.estimators.elbo import iw_log_px
+from vae_lab.model.module import VAE
+from vae_lab.training.build import build_datamodule
 
 LATENT, DATA, SIGMA = 3, 6, 0.5
 
@@ -45,7 +46,7 @@ def known_ppca_vae(posterior: str, num_points: int = 200) -> tuple[VAE, PPCA, to
     posterior mean and the family's zero-parameter spread (softplus(0) = 0.69, wider than the
     posterior); and ``num_points`` datapoints drawn from the model."""
     ppca = known_ppca()
-    model = build_model(linear_config(posterior), DATA)
+    model = VAE.from_config(linear_config(posterior), DATA)
     with torch.no_grad():
         decoder = model.decoder[0]
         decoder.weight.copy_(ppca.weight)
@@ -89,7 +90,7 @@ def test_ppca_of_reads_the_decoder_as_trained():
     model, ppca, x = known_ppca_vae("gaussian", num_points=5)
     found = ppca_of(model)
     torch.testing.assert_close(found.marginal().log_prob(x), ppca.marginal().log_prob(x))
-    assert ppca_of(build_model(compose_config(), 64)) is None  # the MLP Bernoulli VAE
+    assert ppca_of(VAE.from_config(compose_config(), 64)) is None  # the MLP Bernoulli VAE
 
 
 def test_iw_estimate_reaches_the_exact_log_px_and_rises_with_k():

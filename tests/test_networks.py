@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.networks import mlp
+from vae_lab.components.networks import mlp
+from vae_lab.model.module import VAE
+from vae_lab.training.build import build_datamodule
 
 
 def mnist_model(shared_data, prior: str):
@@ -22,7 +23,7 @@ def mnist_model(shared_data, prior: str):
     torch.manual_seed(0)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    return build_model(cfg, datamodule.data_dim), datamodule.splits[0]
+    return VAE.from_config(cfg, datamodule.data_dim), datamodule.splits[0]
 
 
 def test_hidden_layers_have_glorot_scale_with_the_activation_gain():

@@ -8,8 +8,8 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from tests.conftest import compose_config
-from vae_lab.build import build_model
-from vae_lab.normal import DiagonalNormal, KLToStandardNormal, StandardNormal
+from vae_lab.components.normal import DiagonalNormal, KLToStandardNormal, StandardNormal
+from vae_lab.model.module import VAE
 
 
 def parameters(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +49,7 @@ def test_gradient_is_the_finite_difference_gradient() -> None:
 
 
 def test_the_gaussian_posterior_and_standard_prior_take_the_closed_form() -> None:
-    model = build_model(compose_config(["posterior=gaussian", "prior=standard"]), data_dim=12)
+    model = VAE.from_config(compose_config(["posterior=gaussian", "prior=standard"]), data_dim=12)
     x = torch.rand(5, 12)
     kl = kl_divergence(model.q(x), model.p_z())
     assert kl.grad_fn is not None and "KLToStandardNormal" in type(kl.grad_fn).__name__

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from tests.conftest import compose_config, options
-from tests.test_flows import per_point_jacobians, single_thread  # noqa: F401 (autouse)
-from vae_lab.elbo import analytic_kl, elbo_terms, rsample_with_log_prob
-from vae_lab.likelihoods import BernoulliLikelihood
-from vae_lab.networks import mlp_networks
-from vae_lab.outputs import read_metrics
-from vae_lab.posteriors import (
+from tests.conftest import compose_config, distinct_options, options, sized_option, subclass_options
+from tests.test_flows import per_point_jacobians
+from vae_lab.components.likelihoods import BernoulliLikelihood
+from vae_lab.components.networks import mlp_networks
+from vae_lab.components.posteriors import (
     DiagonalGaussian,
     FlowDistribution,
     FlowPosterior,
@@ -27,22 +23,20 @@ from vae_lab.posteriors import (
     PosteriorFamily,
     RealNVP,
 )
+from vae_lab.estimators.elbo import analytic_kl, elbo_terms, rsample_with_log_prob
+from vae_lab.records.outputs import read_metrics
 from vae_lab.run import execute
 
 FAMILIES = options("posterior")
-DISTINCT = [name for name in FAMILIES if name != "flow"]  # flow is realnvp
-FLOWS = ["planar", "realnvp", "iaf", "sylvester"]
+DISTINCT = distinct_options("posterior")  # not flow, which selects realnvp
+FLOWS = subclass_options("posterior", FlowPosterior)
 
-
-@functools.cache
-def posterior_config(name: str) -> DictConfig:
-    return compose_config([f"posterior={name}"]).posterior
+pytestmark = pytest.mark.usefixtures("single_thread")  # many small tensor ops
 
 
 def build_family(name: str, latent_dim: int, feature_dim: int = 8, **sizes: int) -> PosteriorFamily:
     """The family of conf/posterior/<name>.yaml; ``sizes`` override those of its keys it has."""
-    cfg = posterior_config(name)
-    cfg = OmegaConf.merge(cfg, {key: value for key, value in sizes.items() if key in cfg})
+    cfg = sized_option("posterior", name, sizes)
     return instantiate(cfg, feature_dim=feature_dim, latent_dim=latent_dim)
 
 

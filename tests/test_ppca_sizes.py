@@ -15,20 +15,20 @@ import torch
 
 from tests.conftest import compose_config
 from tests.test_gaps import exact_gap
-from vae_lab.ais import ais_log_px
-from vae_lab.bdmc import bdmc, simulate
-from vae_lab.build import build_datamodule, build_model, build_trainer
-from vae_lab.data.linear_gaussian import PPCA, ppca_of
-from vae_lab.elbo import iw_log_px
-from vae_lab.gaps import (
+from vae_lab.components.posteriors.gaussian import MIN_SCALE
+from vae_lab.components.ppca import PPCA, ppca_of
+from vae_lab.estimators.ais import ais_log_px
+from vae_lab.estimators.bdmc import bdmc, simulate
+from vae_lab.estimators.elbo import iw_log_px
+from vae_lab.estimators.gaps import (
     FALLBACK_START_STEPS,
     QStarSettings,
     fit_qstar,
     prior_theta,
     qstar_start,
 )
-from vae_lab.module import VAE
-from vae_lab.posteriors.gaussian import MIN_SCALE
+from vae_lab.model.module import VAE
+from vae_lab.training.build import build_datamodule, build_trainer
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def ppca_vae(size: Size, num_points: int = 100) -> tuple[VAE, PPCA, torch.Tensor
     d = size.latent_dim
     weight = torch.randn(size.data_dim, d, generator=generator)
     ppca = PPCA(weight, torch.randn(size.data_dim, generator=generator), torch.tensor(size.sigma))
-    model = build_model(ppca_config(size), size.data_dim)
+    model = VAE.from_config(ppca_config(size), size.data_dim)
     precision = ppca.posterior_precision()
     if size.posterior == "gaussian":
         tril = torch.diag(precision.diagonal().rsqrt())
@@ -169,7 +169,7 @@ def ill_conditioned(tmp_path_factory) -> tuple[VAE, torch.Tensor]:
     torch.manual_seed(0)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    model = build_model(cfg, datamodule.data_dim)
+    model = VAE.from_config(cfg, datamodule.data_dim)
     build_trainer(cfg, tmp_path_factory.mktemp("ill"), None).fit(model, datamodule=datamodule)
     return model.eval().requires_grad_(False), datamodule.splits[2][:100]
 

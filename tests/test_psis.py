@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from vae_lab.elbo import IWEstimate
-from vae_lab.estimate import Estimate
-from vae_lab.metrics import IWLogLikelihood
-from vae_lab.psis import pareto_khat, tail_length, warn_if_unreliable
+from vae_lab.estimators.elbo import IWEstimate
+from vae_lab.estimators.estimate import Estimate
+from vae_lab.estimators.metrics import IWLogLikelihood
+from vae_lab.estimators.psis import pareto_khat, tail_length, warn_if_unreliable
 
 arviz = pytest.importorskip("arviz_stats.base.array", reason="arviz-stats is a dev dependency")
 

@@ -21,13 +21,15 @@ from hydra.utils import get_class
 
 from tests.conftest import REPO, SHRINK, compose_config, options, report_cli
 from tests.test_sweeps import run_sweep, table_rows
-from vae_lab.build import build_datamodule, build_model
-from vae_lab.identity import config_hash, identity
-from vae_lab.outputs import read_metrics, write_json
-from vae_lab.report.collect import find_runs
+from vae_lab.config.identity import config_hash, identity
+from vae_lab.model.module import VAE
+from vae_lab.records.collect import find_runs
+from vae_lab.records.outputs import read_metrics, write_json
 from vae_lab.report.table import cells, markdown_table
+from vae_lab.training.build import build_datamodule
 
 
+@pytest.mark.slow  # a sweep in a subprocess: make test-full
 def test_a_sweep_over_any_key_gives_a_row_per_value_with_its_column(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_sweep(sweep, "optim.lr=1e-3,3e-3", "seed=0,1")
@@ -116,7 +118,7 @@ def csv_rows(folder: Path) -> list[dict[str, str]]:
 def test_sigterm_then_resume_from_the_folder_alone_equals_an_uninterrupted_run(tmp_path):
     # 4 epochs of 3 steps, validation every epoch; SIGTERM after step 7, mid-way through the
     # third epoch: the resumed run starts again from the checkpoint of the second epoch
-    base = [*SHRINK, "trainer.max_epochs=4", "trainer.limit_test_batches=2",
+    base = [*SHRINK, "trainer.max_epochs=4",
             "trainer.log_every_n_steps=1", "trainer.deterministic=true", "logger=csv"]  # fmt: skip
     straight = run_cli(*base, f"hydra.run.dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -183,5 +185,5 @@ def test_every_option_composes_and_builds(group):
         if group == "data" and option not in ("digits", "linear_gaussian"):
             continue  # a file dataset: read in tests/test_data.py
         datamodule = build_datamodule(cfg)
-        model = build_model(cfg, datamodule.data_dim)
+        model = VAE.from_config(cfg, datamodule.data_dim)
         assert model.posterior.latent_dim == cfg.latent_dim, option

@@ -12,10 +12,12 @@ from hydra.utils import instantiate
 
 from tests.conftest import compose_config
 from tests.test_evaluate import QUICK, train
-from vae_lab.build import build_datamodule
-from vae_lab.evaluate import Run, load_model, main
-from vae_lab.outputs import read_metrics
-from vae_lab.refit import aggregate_posterior_codes, refit_prior
+from vae_lab.evaluate import main
+from vae_lab.evaluation.refit import aggregate_posterior_codes, refit_prior
+from vae_lab.records.outputs import read_metrics
+from vae_lab.records.run_folder import RunFolder as Run
+from vae_lab.records.run_folder import load_model
+from vae_lab.training.build import build_datamodule
 
 CACHE = ["sample_quality.classifier.epochs=1", "sample_quality.classifier.min_steps=400"]
 REFIT_QUICK = [

@@ -11,6 +11,7 @@ import pytest
 from matplotlib.image import imread, imsave
 
 from tests.conftest import report_cli
+from vae_lab.records.collect import option_rank
 from vae_lab.report.plots import DPI, WIDTH, figure_height
 from vae_lab.report.write import write_report
 
@@ -133,10 +134,10 @@ def test_csv_has_one_row_per_run(sweep):
     write_report([sweep])
     with (sweep / "report.csv").open() as file:
         table = list(csv.DictReader(file))
-    assert [row["folder"] for row in table] == ["0", "1", "2", "3", "4"]
-    assert [row["status"] for row in table][3:] == ["failed", "running"]
+    assert [row["folder"] for row in table] == ["0", "1", "4", "2", "3"]  # gaussian, flow, full_cov
+    assert [row["status"] for row in table][2:] == ["running", "completed", "failed"]
     assert float(table[0]["test/log_px"]) == -90.0
-    assert table[3]["error"].startswith("FloatingPointError") and table[3]["test/log_px"] == ""
+    assert table[4]["error"].startswith("FloatingPointError") and table[4]["test/log_px"] == ""
 
 
 def test_plots_are_images_of_the_expected_size(sweep):
@@ -191,3 +192,13 @@ def test_cli_writes_the_report(sweep):
     result = report_cli(str(sweep))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {sweep}/report.md, {sweep}/report.csv")
+
+
+def test_options_sort_by_the_default_then_conf_then_name():
+    posteriors = ["zeta", "sylvester", "full_cov", "gaussian", "flow", "alpha"]
+    assert sorted(posteriors, key=lambda o: option_rank("posterior", o)) == [
+        "gaussian", "flow", "full_cov", "sylvester", "alpha", "zeta"
+    ]  # fmt: skip
+    assert sorted(["vamp", "flow", "standard"], key=lambda o: option_rank("prior", o)) == [
+        "standard", "flow", "vamp"
+    ]  # fmt: skip

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.image import imread
 
 from tests.test_report import completed, make_run, rows
-from vae_lab.images import save_image_grid
+from vae_lab.components.images import save_image_grid
 from vae_lab.report.sample_quality import side_by_side
 from vae_lab.report.write import write_report
 

@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,27 +17,33 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from tests.conftest import compose_config
-from vae_lab.build import build_datamodule
-from vae_lab.data import BinarizedMNIST, Digits, IDXImages, LinearGaussian
-from vae_lab.outputs import read_metrics
-from vae_lab.run import execute
-from vae_lab.sample_quality import (
+from tests.conftest import SAMPLE_QUALITY_STAGE, SMALL_CLASSIFIER, classifier_spec, compose_config
+from vae_lab.components.data import BinarizedMNIST, Digits, IDXImages, LinearGaussian
+from vae_lab.evaluation.sample_quality import (
     ClassifierSpec,
     PrecisionRecall,
     SampleQualityMetrics,
     cached_classifier,
 )
-from vae_lab.sample_quality import classifier as classifier_module
-from vae_lab.sample_quality.classifier import classifier_source, held_out_accuracies
+from vae_lab.evaluation.sample_quality import classifier as classifier_module
+from vae_lab.evaluation.sample_quality.classifier import (
+    FeatureClassifier,
+    classifier_source,
+    held_out_accuracies,
+)
+from vae_lab.records.outputs import read_metrics
+from vae_lab.run import execute
+from vae_lab.training.build import build_datamodule
 
-QUICK = {"epochs": 1, "min_steps": 400}  # a digits classifier in a few seconds
+pytestmark = pytest.mark.usefixtures("single_thread")  # small classifiers and metrics
 
 
 @pytest.fixture(scope="module")
-def digits_classifier(tmp_path_factory):
-    spec = ClassifierSpec(cache_dir=str(tmp_path_factory.mktemp("cache")), **QUICK)
-    return cached_classifier(Digits(), spec)
+def digits_classifier(
+    small_classifier_overrides: list[str],
+) -> tuple[FeatureClassifier, dict[str, Any]]:
+    """The session's small digits classifier and its record, from its cache."""
+    return cached_classifier(Digits(), classifier_spec(small_classifier_overrides))
 
 
 class Features(nn.Module):
@@ -120,7 +127,7 @@ def test_precision_and_recall_count_covered_points():
 
 
 def test_classifier_is_cached_once_and_its_recorded_accuracy_is_reproducible(tmp_path, monkeypatch):
-    spec = ClassifierSpec(cache_dir=str(tmp_path), **QUICK)
+    spec = ClassifierSpec(cache_dir=str(tmp_path), **SMALL_CLASSIFIER)
     first, record = cached_classifier(Digits(), spec)
     trained = classifier_module.train_classifier
 
@@ -141,11 +148,11 @@ def test_classifier_is_cached_once_and_its_recorded_accuracy_is_reproducible(tmp
     monkeypatch.setattr(classifier_module, "train_classifier", trained)
     rebuilt = trained(Digits().load_splits()[0], Digits().load_labels()[0], spec)
     assert torch.equal(rebuilt.head.weight, first.head.weight)
-    assert ClassifierSpec(**{**QUICK, "seed": 1}).key() != spec.key()
+    assert ClassifierSpec(**{**SMALL_CLASSIFIER, "seed": 1}).key() != spec.key()
 
 
 def test_jobs_training_the_classifier_at_once_leave_one_whole_cache_file(tmp_path, monkeypatch):
-    spec = ClassifierSpec(cache_dir=str(tmp_path), **QUICK)
+    spec = ClassifierSpec(cache_dir=str(tmp_path), **SMALL_CLASSIFIER)
     trained = classifier_module.train_classifier
     both_training = threading.Barrier(2, timeout=120)
 
@@ -163,7 +170,7 @@ def test_jobs_training_the_classifier_at_once_leave_one_whole_cache_file(tmp_pat
 
 
 def test_a_corrupt_cache_file_is_retrained_and_replaced(tmp_path, caplog):
-    spec = ClassifierSpec(cache_dir=str(tmp_path), **QUICK)
+    spec = ClassifierSpec(cache_dir=str(tmp_path), **SMALL_CLASSIFIER)
     path = spec.path(Digits())
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 cut short by a full disk")
@@ -176,7 +183,9 @@ def test_a_corrupt_cache_file_is_retrained_and_replaced(tmp_path, caplog):
 def test_an_unwritable_cache_fails_the_run_before_training_in_one_line(tmp_path, capsys):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
-    cfg = compose_config([f"sample_quality.classifier.cache_dir={blocker / 'cache'}"])
+    cfg = compose_config(
+        [SAMPLE_QUALITY_STAGE, f"sample_quality.classifier.cache_dir={blocker / 'cache'}"]
+    )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(SystemExit) as exit_info:
@@ -190,20 +199,22 @@ def test_an_unwritable_cache_fails_the_run_before_training_in_one_line(tmp_path,
 
 
 def test_a_bad_rendering_is_one_line_before_training(tmp_path, capsys):
+    cfg = compose_config([SAMPLE_QUALITY_STAGE, "sample_quality.rendering=grey"])
     with pytest.raises(SystemExit) as exit_info:
-        execute(compose_config(["sample_quality.rendering=grey"]), tmp_path, {})
+        execute(cfg, tmp_path, {})
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: sample_quality.rendering=grey is invalid: must be one of mean, sample"
 
 
 def test_a_run_on_data_without_images_has_no_sample_metrics(tmp_path):
-    cfg = compose_config(["data=linear_gaussian", "likelihood=gaussian", "model=linear"])
-    execute(cfg, tmp_path, {"data": "linear_gaussian"})
+    data = ["data=linear_gaussian", "likelihood=gaussian", "model=linear"]
+    execute(compose_config([SAMPLE_QUALITY_STAGE, *data]), tmp_path, {"data": "linear_gaussian"})
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "completed", metrics.get("error")
     assert math.isfinite(metrics["test/log_px"])
-    assert not [key for key in metrics if "sample" in key or "fid" in key]
+    figures = [key for key in metrics if "/time_" not in key]  # the stage ran: its time is kept
+    assert not [key for key in figures if "sample" in key or "fid" in key]
 
 
 @pytest.mark.slow
@@ -214,10 +225,10 @@ def test_mnist_classifier_is_accurate(shared_data, tmp_path):
     assert record["accuracy"] >= 0.98 and record["accuracy_binarized"] >= 0.97
 
 
-def test_a_run_reports_sample_quality_of_reconstructions_and_samples(tmp_path, digits_classifier):
-    cache = str(tmp_path / "cache")
-    overrides = [f"sample_quality.classifier.{k}={v}" for k, v in QUICK.items()]
-    cfg = compose_config([*overrides, f"sample_quality.classifier.cache_dir={cache}"])
+def test_a_run_reports_sample_quality_of_reconstructions_and_samples(
+    tmp_path, small_classifier_overrides
+):
+    cfg = compose_config([SAMPLE_QUALITY_STAGE, *small_classifier_overrides])
     execute(cfg, tmp_path, {"prior": "standard", "posterior": "gaussian", "data": "digits"})
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "completed", metrics.get("error")
@@ -243,10 +254,11 @@ def test_images_are_compared_with_references_of_the_same_rendering(rendering, gr
 
 
 @pytest.mark.slow
-def test_two_processes_aggregate_the_sample_metrics_over_the_whole_test_set(tmp_path):
-    cfg = compose_config([*(f"sample_quality.classifier.{k}={v}" for k, v in QUICK.items()),
-                          f"sample_quality.classifier.cache_dir={tmp_path / 'cache'}",
-                          "trainer=ddp_sim", "trainer.enable_progress_bar=false"])  # fmt: skip
+def test_two_processes_aggregate_the_sample_metrics_over_the_whole_test_set(
+    tmp_path, small_classifier_overrides
+):
+    cfg = compose_config([SAMPLE_QUALITY_STAGE, *small_classifier_overrides, "trainer=ddp_sim",
+                          "trainer.enable_progress_bar=false"])  # fmt: skip
     execute(cfg, tmp_path, {"posterior": "gaussian"})
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "completed", metrics.get("error")

@@ -23,9 +23,9 @@ from hydra.utils import instantiate
 from matplotlib.image import imread
 
 from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config, report_cli
-from vae_lab.outputs import read_metrics
+from vae_lab.model.schedules import IWAESchedule, iwae_stage
+from vae_lab.records.outputs import read_metrics
 from vae_lab.report.plots import DPI, WIDTH, figure_height
-from vae_lab.schedules import IWAESchedule, iwae_stage
 
 GRID = ["posterior=gaussian,full_cov", "seed=0,1"]
 
@@ -206,15 +206,15 @@ def test_slurm_launcher_puts_the_cluster_knobs_into_the_sbatch_script(tmp_path, 
 def test_presets_compose_to_their_recipe():
     gap = compose_config(["experiment=inference_gap"], shrink=False)
     assert (gap.data._target_, gap.data.batch_size, gap.latent_dim) == (
-        "vae_lab.data.IDXImages",
+        "vae_lab.components.data.IDXImages",
         100,
         50,
     )
     assert list(gap.model.hidden) == [200, 200] and gap.model.activation == "tanh"
     assert (gap.optim.lr, gap.optim.eps, gap.trainer.max_epochs) == (1e-3, 1e-4, 3280)
-    assert gap.lr_schedule._target_ == "vae_lab.schedules.IWAESchedule"
+    assert gap.lr_schedule._target_ == "vae_lab.model.schedules.IWAESchedule"
     quick = compose_config(["experiment=quick"], shrink=False)
-    assert quick.data._target_ == "vae_lab.data.Digits" and quick.optim.eps == 1e-4
+    assert quick.data._target_ == "vae_lab.components.data.Digits" and quick.optim.eps == 1e-4
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         hydra = compose("config", ["experiment=quick"], return_hydra_config=True).hydra

@@ -1,9 +1,11 @@
 """W&B offline: a 2-job sweep leaves, in each run folder, a W&B run with the metrics, the full
-config, the sweep's group and the job's tags; the two jobs of one process never merge."""
+config, the sweep's group and the job's tags; the two jobs of one process never merge. The
+run's metrics.json keeps the W&B run's id, by which an evaluation adds its figures to it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
@@ -12,10 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import wandb
+from omegaconf import OmegaConf
+from pytorch_lightning.loggers import CSVLogger
 from wandb.proto import wandb_internal_pb2
 
 from tests.conftest import REPO, SHRINK
-from vae_lab.tracking import configuration_label
+from vae_lab import evaluate
+from vae_lab.records.tracking import configuration_label, log_to_wandb, wandb_ids
 
 FILE_HEADER = 7  # ":W&B", a 2-byte magic number, a version byte
 BLOCK = 32 * 1024  # the LevelDB log format: 32 KiB blocks of chunks with 7-byte headers
@@ -46,6 +52,11 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
 def wandb_run(job_dir: Path) -> dict:
     """What the job's offline W&B run recorded: its run record, config, summary and files."""
     (run_dir,) = (job_dir / "wandb").glob("offline-run-*")
+    return read_wandb_run(run_dir)
+
+
+def read_wandb_run(run_dir: Path) -> dict:
+    """What one offline W&B run folder recorded: its run record, config, summary and files."""
     (log_file,) = run_dir.glob("run-*.wandb")
     records = read_records(log_file)
     kinds = [r.WhichOneof("record_type") for r in records]
@@ -63,8 +74,15 @@ def wandb_run(job_dir: Path) -> dict:
         for item in r.history.item
         if len(item.nested_key) <= 1
     }
+    summary = {  # summary key -> last value
+        item.key: json.loads(item.value_json)
+        for r, kind in zip(records, kinds, strict=True)
+        if kind == "summary"
+        for item in r.summary.update
+    }
     exits = [r.exit.exit_code for r, kind in zip(records, kinds, strict=True) if kind == "exit"]
-    return {"run": run, "config": config, "logged": logged, "exits": exits, "dir": run_dir}
+    return {"run": run, "config": config, "logged": logged, "summary": summary, "exits": exits,
+            "dir": run_dir}  # fmt: skip
 
 
 def offline_env(home: Path) -> dict[str, str]:
@@ -116,7 +134,7 @@ def test_each_job_is_its_own_run_grouped_with_its_replicates(wandb_sweep):
     for run, posterior in zip(runs, ("gaussian", "full_cov"), strict=True):
         assert run.job_type == "train"
         expected = {f"posterior:{posterior}", "prior:standard", "data:digits", "seed:0",
-                    "trainer.max_epochs:1", "eval.num_samples:20"}  # fmt: skip
+                    "trainer.accelerator:cpu", "eval.chunk_size:10"}  # fmt: skip
         assert expected <= set(run.tags)
         assert not any(t.startswith(("logger", "hydra", "trainer.enable_progress_bar"))
                        for t in run.tags)  # fmt: skip
@@ -149,6 +167,7 @@ def test_the_replicates_of_a_configuration_share_a_group():
     assert label != configuration_label(["posterior=flow", "optim.lr=0.003", "seed=0"])
 
 
+@pytest.mark.slow  # a sweep in a subprocess: make test-full
 def test_an_unreachable_server_means_offline_once_per_sweep(tmp_path):
     """A bogus key and a server that refuses connections: the sweep completes offline."""
     sweep_dir = tmp_path / "sweep"
@@ -176,7 +195,7 @@ def test_an_unreachable_server_means_offline_once_per_sweep(tmp_path):
 def test_run_has_the_full_resolved_config_and_the_choices(wandb_sweep):
     config = wandb_run(wandb_sweep / "1")["config"]
     assert config["choices"]["posterior"] == "full_cov"
-    assert config["posterior"]["_target_"] == "vae_lab.posteriors.FullCovGaussian"
+    assert config["posterior"]["_target_"] == "vae_lab.components.posteriors.FullCovGaussian"
     assert config["trainer"]["max_epochs"] == 1
     assert config["eval"]["num_samples"] == 20
     assert config["num_threads"] == 1  # resolved from ${oc.env:OMP_NUM_THREADS}
@@ -199,3 +218,56 @@ def test_run_has_the_metrics_the_images_and_the_gap_table(wandb_sweep):
         "prior",
         "reconstructions",
     }
+
+
+WANDB_CFG = OmegaConf.create({"logger": {"_target_": "vae_lab.records.tracking.wandb_logger"}})
+CSV_CFG = OmegaConf.create({"logger": {"_target_": "vae_lab.records.csv_logger.CSVLogger"}})
+#: an evaluation of seconds: its IW stage only
+EVAL_QUICK = ["eval.stages=[iw]", "eval.gap_points=10"]
+
+
+def test_metrics_json_keeps_the_id_of_the_jobs_wandb_run(wandb_sweep):
+    for job in ("0", "1"):
+        metrics = json.loads((wandb_sweep / job / "metrics.json").read_text())
+        assert metrics["wandb_id"] == wandb_run(wandb_sweep / job)["run"].run_id
+        assert metrics["wandb_mode"] == "offline"
+
+
+def test_only_a_wandb_logger_has_ids(tmp_path):
+    assert wandb_ids(None) == {}
+    assert wandb_ids(CSVLogger(tmp_path)) == {}
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch) -> None:
+    """This process logs to W&B offline, its W&B folders under ``tmp_path``."""
+    for key, value in offline_env(tmp_path).items():
+        if key.startswith("WANDB_"):
+            monkeypatch.setenv(key, value)
+
+
+def test_an_evaluation_is_added_to_the_run_of_the_stored_id(wandb_sweep, tmp_path, offline_wandb):
+    """Evaluated (here a copy of the sweep's second job), the run's W&B run, resumed by the id
+    its metrics.json keeps, gets the evaluation's figures in its summary."""
+    run_dir = tmp_path / "evaluated"
+    shutil.copytree(wandb_sweep / "1", run_dir)
+    evaluate.main([f"run_dir={run_dir}", *EVAL_QUICK])
+    wandb.teardown()  # the service writes the run's file to its end, as a process's exit does
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    runs = [read_wandb_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
+    assert len(runs) == 2  # the training's, then the evaluation's: one W&B run, synced as one
+    assert {run["run"].run_id for run in runs} == {metrics["wandb_id"]}
+    assert runs[1]["summary"]["eval/log_px"] == pytest.approx(metrics["eval/log_px"])
+    assert runs[1]["exits"] == [0]
+
+
+def test_a_run_without_a_stored_id_is_said_once_and_not_logged(tmp_path, offline_wandb, caplog):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with caplog.at_level(logging.INFO, logger="vae_lab.records.tracking"):
+        log_to_wandb(run_dir, WANDB_CFG, {"status": "completed"}, {"eval/log_px_ais": -90.5})
+        log_to_wandb(run_dir, CSV_CFG, {"status": "completed"}, {"eval/log_px_ais": -90.5})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{run_dir} predates the W&B id kept in metrics.json: its evaluation is not added to W&B"
+    ]
+    assert not (run_dir / "wandb").exists()

@@ -1,27 +1,19 @@
-"""``python -m vae_lab.run``: train a VAE, then test it; the run folder's records.
+"""``python -m vae_lab.run``: train a VAE, then test it.
 
-A run folder holds one run: its ``.hydra/`` (the composed config, written here once the folder
-is known to hold no other run), ``checkpoints/``, ``metrics.json`` (status, chosen options,
-seed, overrides, ``config_hash``, ``run_id``, final metrics) and logs. A bad config or data
-file gives one line and exit status 2; in a sweep (``-m``) a job that fails records
-``status: failed`` with its error and the sweep goes on.
-
-SIGTERM or Ctrl-C records ``status: interrupted``, prints the resume command and exits with
-128 + signal. ``python -m vae_lab.run resume=RUN_DIR`` continues that run from
-``checkpoints/last.ckpt`` under its saved config; only ``EXTENDABLE`` keys may be overridden
-(``trainer.max_epochs=200`` extends it). A SLURM job requeued after preemption resumes its
-folder by itself. Only the rank-0 process writes.
+The run folder is claimed, or reopened by ``resume=RUN_DIR``, by the run store
+(``vae_lab.records.run_store``); training is Lightning's; the test stage is the evaluation
+pipeline's cheap stages on the test split (``vae_lab.evaluation.test_stage``). A bad config or
+data file gives one line and exit status 2; in a sweep (``-m``) a job that fails records
+``status: failed`` with its error and the sweep goes on. SIGTERM or Ctrl-C records
+``status: interrupted``, prints the resume command and exits with 128 + signal.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
-import uuid
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,95 +22,63 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from vae_lab.build import (
-    StepTimer,
-    build_datamodule,
-    build_logger,
-    build_model,
-    build_trainer,
-)
-from vae_lab.console import quiet_third_parties
-from vae_lab.csv_logger import CSVLogger
-from vae_lab.data import DataFileError
-from vae_lab.identity import choices_of, config_hash, identity, warmup_unused
-from vae_lab.interrupts import Interrupted, catching_signals, received, resume_command
-from vae_lab.outputs import (
-    EVAL_LOCK,
-    METRICS_FILE,
-    evaluation_lock,
-    read_metrics,
-    retire_evaluation,
-    without_evaluation,
-    write_json,
-    write_text,
-)
-from vae_lab.paths import CONF_DIR
-from vae_lab.tracking import finish_run
-from vae_lab.validation import ConfigError, validate
+from vae_lab.config.identity import warmup_unused
+from vae_lab.config.paths import CONF_DIR
+from vae_lab.config.validation import ConfigError, validate
+from vae_lab.evaluation.test_stage import run_test_stage, stages_for_test
+from vae_lab.model.module import VAE
+from vae_lab.records.console import USER_ERRORS, quiet_third_parties
+from vae_lab.records.csv_logger import CSVLogger
+from vae_lab.records.interrupts import Interrupted, catching_signals, received, resume_command
+from vae_lab.records.outputs import METRICS_FILE, write_json
+from vae_lab.records.run_store import prepare, summary_line, with_resume_folder
+from vae_lab.records.sweep import log_sweep_summary
+from vae_lab.records.tracking import finish_run, wandb_ids
+from vae_lab.training.build import StepTimer, build_datamodule, build_logger, build_trainer
+from vae_lab.training.threads import use_threads
 
 log = logging.getLogger(__name__)
-
-#: errors of the user's input or of a diverging run: reported as one line, no traceback
-USER_ERRORS = (ConfigError, DataFileError, FloatingPointError)
-#: keys a resumed run may change: how long it trains, where its data is, how it runs
-EXTENDABLE = (
-    "trainer.max_epochs",
-    "trainer.max_steps",
-    "trainer.max_time",
-    "trainer.enable_progress_bar",
-    "num_threads",
-    "data.root",
-    "data.download",
-    "data.mirror",
-)
-HYDRA_DIR = ".hydra"
-
-
-def use_threads(num_threads: int | None) -> None:
-    """Give torch ``num_threads`` intra-op threads (None: keep torch's default)."""
-    validate(OmegaConf.create({"num_threads": num_threads}))
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    log.info("torch uses %d threads", torch.get_num_threads())
-
-
-def requeued() -> bool:
-    """A SLURM job requeued after preemption or a time-out (its run folder is the same)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
 
 def note_unused_warmup(cfg: DictConfig) -> None:
     """Say so when the run's objective has no KL warm-up to take ``kl_warmup_steps`` (a preset's
-    warm-up swept over objectives, ``experiment=objectives``); it then leaves the run's
-    identity too (``vae_lab.identity``)."""
+    warm-up swept over objectives); it then leaves the run's identity too."""
     if cfg.get("kl_warmup_steps") and warmup_unused(cfg):
         name = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
         log.info("kl_warmup_steps=%s is not used: the %s objective has no KL warm-up",
                  cfg.kl_warmup_steps, name)  # fmt: skip
 
 
+@rank_zero_only
+def _record(run_dir: Path, record: dict[str, Any]) -> None:
+    write_json(run_dir / METRICS_FILE, record)
+
+
 def train_and_test(
-    cfg: DictConfig,
-    run_dir: Path,
-    stamp: dict[str, str] | None = None,
-    resume_from: Path | None = None,
+    cfg: DictConfig, run_dir: Path, record: dict[str, Any], resume_from: Path | None = None
 ) -> dict[str, float]:
     """Fit on the training set (from ``resume_from``, a checkpoint, if given), test the
-    best-validation checkpoint; the final metrics, with the seconds that fit and test took."""
+    best-validation checkpoint; the final metrics, with the seconds that fit and test took.
+    The W&B run's id goes into ``record`` (and metrics.json) as soon as it is known."""
     validate(cfg)
     note_unused_warmup(cfg)
     use_threads(cfg.get("num_threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.data_dim)
+    stages = stages_for_test(cfg, datamodule)
+    model = VAE.from_config(cfg, datamodule.data_dim)
     logger = build_logger(cfg, run_dir)
+    if ids := wandb_ids(logger):
+        record |= ids
+        _record(run_dir, record)
+    stamp = {k: record[k] for k in ("run_id", "config_hash") if k in record}
     trainer = build_trainer(cfg, run_dir, logger, stamp)
     first_step = 0
     if resume_from is not None:
-        first_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
+        first_step = torch.load(resume_from, map_location="cpu", weights_only=True)["global_step"]
         if isinstance(logger, CSVLogger):
             logger.keep_until(first_step)  # the steps after the checkpoint are trained again
     start = time.perf_counter()
@@ -128,32 +88,15 @@ def train_and_test(
     metrics["fit_time_s"] = time.perf_counter() - start
     metrics["fit_steps"] = trainer.global_step - first_step
     metrics["steps_time_s"] = next(c for c in trainer.callbacks if isinstance(c, StepTimer)).seconds
-    best = trainer.checkpoint_callback.best_model_path or None
-    start = time.perf_counter()
-    trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-    metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
-    metrics["test_time_s"] = time.perf_counter() - start
+    if trainer.is_global_zero:
+        best = trainer.checkpoint_callback.best_model_path or None
+        start = time.perf_counter()
+        metrics |= run_test_stage(stages, cfg, model, datamodule, run_dir, best)
+        metrics["test_time_s"] = time.perf_counter() - start
+        if logger is not None:
+            logger.log_metrics({k: v for k, v in metrics.items() if k.startswith("test/")})
+            logger.save()
     return metrics
-
-
-@rank_zero_only
-def _record(run_dir: Path, record: dict[str, Any]) -> None:
-    write_json(run_dir / METRICS_FILE, record)
-
-
-def summary_line(record: dict[str, Any], run_dir: Path) -> str:
-    """One line for the end of a run: the main test figures with their stderr, the folder."""
-    parts = []
-    if "test/log_px" in record:
-        stderr = record.get("test/log_px_stderr")
-        spread = f" ± {stderr:.2f}" if isinstance(stderr, float) else ""
-        parts.append(f"test log p(x) {record['test/log_px']:.2f}{spread}")
-    for key, name in (("test/elbo", "ELBO"), ("test/inference_gap", "gap")):
-        if isinstance(record.get(key), float):
-            parts.append(f"{name} {record[key]:.2f}")
-    if isinstance(record.get("test/psis_khat"), float):
-        parts.append(f"k̂ {record['test/psis_khat']:.2f}")
-    return f"{record.get('status')}: " + ", ".join([*parts, f"run folder {run_dir}"])
 
 
 def execute(
@@ -172,12 +115,11 @@ def execute(
     """
     record: dict[str, Any] = {"seed": cfg.seed, **fields, "status": "running"}
     record.pop("error", None)
-    stamp = {k: record[k] for k in ("run_id", "config_hash") if k in record}
     _record(run_dir, record)
     start = time.perf_counter()
     with catching_signals():
         try:
-            record.update(train_and_test(cfg, run_dir, stamp, resume_from))
+            record.update(train_and_test(cfg, run_dir, record, resume_from))
             record["status"] = "completed"
         except BaseException as err:
             signum = received()
@@ -209,113 +151,6 @@ def execute(
     return record
 
 
-# -- the run folder: claimed by a new run, or resumed -------------------------------------
-def claim(run_dir: Path) -> None:
-    """Refuse a folder that already holds a run."""
-    taken = [n for n in (METRICS_FILE, "checkpoints", HYDRA_DIR) if (run_dir / n).exists()]
-    if taken:
-        raise ConfigError(
-            f"{run_dir} already holds a run ({taken[0]}): a run folder holds one run; "
-            f"continue it with `{resume_command(run_dir)}` or choose another hydra.run.dir"
-        )
-
-
-def save_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
-    """Hydra's ``.hydra/``: config.yaml, hydra.yaml and overrides.yaml."""
-    folder = run_dir / HYDRA_DIR
-    write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
-    write_text(folder / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
-    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
-
-
-def saved_choices(run_dir: Path) -> dict[str, str]:
-    """The options of the run saved in ``run_dir/.hydra/hydra.yaml``."""
-    hydra_cfg = OmegaConf.load(run_dir / HYDRA_DIR / "hydra.yaml").hydra
-    return choices_of(hydra_cfg.runtime.choices)
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def resume_config(
-    cfg: DictConfig, folder: Path, run_dir: Path, overrides: list[str]
-) -> tuple[DictConfig, dict[str, Any]]:
-    """The saved config of the run in ``folder`` with the ``EXTENDABLE`` overrides of this
-    command line applied (and saved); the run's record, its overrides extended."""
-    if folder.resolve() != run_dir.resolve():
-        raise ConfigError(
-            f"resume={folder} with hydra.run.dir={run_dir}: a run continues in its own folder, "
-            "give resume=RUN_DIR alone"
-        )
-    saved_path = folder / HYDRA_DIR / "config.yaml"
-    if not saved_path.is_file() or not (folder / METRICS_FILE).is_file():
-        raise ConfigError(f"resume={folder} is not a run folder (no .hydra/config.yaml)")
-    changes = [o for o in overrides if _key(o) not in ("resume",) and not o.startswith("hydra")]
-    if bad := [o for o in changes if _key(o) not in EXTENDABLE]:
-        raise ConfigError(
-            f"{bad[0]}: a resumed run keeps its saved config ({saved_path}); only "
-            f"{', '.join(EXTENDABLE)} may change"
-        )
-    saved = OmegaConf.load(saved_path)
-    record = without_evaluation(read_metrics(folder))
-    kept = None
-    if rank_zero_only.rank == 0:  # not under an evaluation still writing (a run ever evaluated)
-        then = f"resume it ({resume_command(folder)})"
-        evaluated = (folder / EVAL_LOCK).exists()
-        with evaluation_lock(folder, then) if evaluated else nullcontext():
-            kept = retire_evaluation(folder)
-    if kept is not None:
-        log.warning(
-            "resuming %s: its evaluation, of the checkpoints training is about to change, is "
-            "kept as %s and leaves metrics.json; evaluate the run again when it ends",
-            folder,
-            kept,
-        )
-    for override in changes:
-        key = _key(override)
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-    if changes:
-        record["overrides"] = [*record.get("overrides", []), *changes]
-    if changes and rank_zero_only.rank == 0:  # the other processes of a DDP run only read
-        write_text(saved_path, OmegaConf.to_yaml(saved))
-        overrides_yaml = OmegaConf.to_yaml(OmegaConf.create(record["overrides"]))
-        write_text(folder / HYDRA_DIR / "overrides.yaml", overrides_yaml)
-    record["config_hash"] = config_hash(identity(saved, saved_choices(folder)))
-    return saved, record
-
-
-def prepare(
-    cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
-) -> tuple[DictConfig, dict[str, Any], Path | None]:
-    """The config to run, the record's first fields and the checkpoint to resume from."""
-    resume = cfg.get("resume")
-    if resume is not None and resume is not False and not isinstance(resume, str):
-        raise ConfigError(f"resume={resume} is invalid: give the run folder, resume=RUN_DIR")
-    if resume and multirun:
-        raise ConfigError("resume continues one run: run it once per folder, without -m")
-    if resume or (requeued() and (run_dir / METRICS_FILE).exists()):
-        folder = Path(resume) if resume else run_dir
-        cfg, record = resume_config(cfg, folder, run_dir, overrides if resume else [])
-        last = folder / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            log.info("resuming, but %s does not exist: starting from scratch", last)
-        return cfg, record, last if last.exists() else None
-    if rank_zero_only.rank == 0:  # the other processes of a DDP run share rank 0's folder
-        claim(run_dir)
-    choices = choices_of(HydraConfig.get().runtime.choices)
-    record = {
-        **choices,
-        "seed": cfg.seed,
-        "overrides": overrides,
-        "config_hash": config_hash(identity(cfg, choices)),
-        "run_id": uuid.uuid4().hex,
-    }
-    if rank_zero_only.rank == 0:
-        save_config(run_dir, cfg, overrides)
-    return cfg, record, None
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> dict[str, Any] | None:
     quiet_third_parties()
@@ -337,16 +172,6 @@ def app(cfg: DictConfig) -> dict[str, Any] | None:
     return record
 
 
-def with_resume_folder(argv: list[str]) -> list[str]:
-    """``resume=DIR`` runs in DIR: add ``hydra.run.dir=DIR`` unless the command gives one."""
-    folders = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
-    if not folders or folders[-1].lower() in ("", "null", "none", "false", "true"):
-        return argv
-    if any(a.startswith("hydra.run.dir=") for a in argv):
-        return argv
-    return [*argv, f"hydra.run.dir={folders[-1]}"]
-
-
 def main() -> None:
     """The command line: Hydra's app, with interruptions turned into exit status 128 + signal."""
     sys.argv = with_resume_folder(sys.argv)
@@ -354,8 +179,6 @@ def main() -> None:
         app()
     except Interrupted as stop:
         if stop.sweep_dir is not None:
-            from vae_lab.report.summary import log_sweep_summary
-
             log_sweep_summary(stop.sweep_dir)
         name = signal.Signals(stop.signum).name
         print(

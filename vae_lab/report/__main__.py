@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vae_lab.report.collect import NoRunsError
+from vae_lab.records.collect import NoRunsError
 from vae_lab.report.write import write_report
 
 

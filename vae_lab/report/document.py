@@ -6,10 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from vae_lab.report.collect import Run, status_counts, with_status
+from vae_lab.records.collect import Run, status_counts, with_status
 from vae_lab.report.table import Cell, markdown_table, shown_metrics
 
-#: image grids that vae_lab.callbacks.ImageGrids leaves in every run folder
+#: image grids that vae_lab.training.callbacks.ImageGrids leaves in every run folder
 RUN_IMAGES = (
     ("reconstructions.png", "test images beside their reconstructions"),
     ("prior_samples.png", "prior samples"),

@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from vae_lab.refit import REFIT_OPTIONS
+from vae_lab.evaluation.refit import REFIT_OPTIONS
 from vae_lab.report.plots import DPI, LEGEND, _figure, _save
 from vae_lab.report.table import Cell
 

@@ -1,6 +1,6 @@
 """The report's numbers: per configuration, mean ± standard deviation over seeds; the CSV.
 
-A configuration is a run's whole config but its seed (``vae_lab.identity``): runs that differ
+A configuration is a run's whole config but its seed (``vae_lab.config.identity``): runs that differ
 in any other key are never pooled, and the keys that differ are the table's columns.
 Only completed runs enter the statistics. The standard deviation is the sample one (n - 1);
 a cell with one run shows its value alone, a cell with none a dash, and a metric that only
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vae_lab.identity import configuration
-from vae_lab.report.collect import Run, option_rank, with_status
+from vae_lab.config.identity import configuration
+from vae_lab.records.collect import Run, option_rank, with_status
 
 #: (metric, column title); the eval/ gaps appear once `python -m vae_lab.evaluate` has run, the
 #: refined q's gap and the sample-quality columns where some run has them
@@ -30,7 +30,7 @@ METRICS = (
     ("eval/approximation_gap", "approximation gap"),
     ("eval/amortization_gap", "amortization gap"),
     ("eval/amortization_gap_refined", "amortization gap, refined q"),  # objective=savae
-    # sample quality (vae_lab.sample_quality), where the runs have it
+    # sample quality (vae_lab.evaluation.sample_quality), where the runs have it
     ("test/fid_recon", "FID recon"),
     ("test/fid_samples", "FID samples"),
     ("test/kid_samples", "KID samples"),

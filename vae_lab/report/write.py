@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from vae_lab.report.collect import find_runs
+from vae_lab.records.collect import find_runs
 from vae_lab.report.document import render
 from vae_lab.report.plots import gap_plot, log_px_plot
 from vae_lab.report.sample_quality import sample_quality_plot

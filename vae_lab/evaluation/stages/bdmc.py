@@ -1,0 +1,82 @@
+"""``bdmc``: bidirectional Monte Carlo (Grosse et al. 2015; ``vae_lab.estimators.bdmc``):
+forward and reverse AIS, with the ``eval.ais_*`` settings and the start AIS used (q* refitted
+to the simulated points where AIS started from q*), on ``eval.bdmc_points`` points simulated
+from the model. ``log_px_bdmc_lower`` and ``log_px_bdmc_upper`` sandwich their log p(x);
+``bdmc_certified`` is 1 when the sandwich is no wider than its noise and than AIS's stated
+error, which then certifies AIS on the real points. For a pPCA model, the exact mean log p(x)
+of the simulated points too (``log_px_bdmc_exact``).
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from vae_lab.components.data import InMemoryDataModule
+from vae_lab.components.ppca import ppca_of
+from vae_lab.config.validation import POSITIVE_INT, require
+from vae_lab.estimators.bdmc import bdmc, simulate, warn_if_uncertified
+from vae_lab.estimators.estimate import Figure
+from vae_lab.evaluation.stage import Context, Stage, StageResult
+from vae_lab.evaluation.stages.qstar import fit, settings_of
+
+
+class BDMC(Stage):
+    name = "bdmc"
+    summary = "a sandwich of log p(x) on simulated data that certifies AIS (or not)"
+    keys = ("eval.bdmc_points", "eval.ais_steps", "eval.ais_chains")
+    needs = ("ais",)
+
+    def check(self, cfg: DictConfig, datamodule: InMemoryDataModule) -> None:
+        require("eval.bdmc_points", cfg.eval.bdmc_points, POSITIVE_INT)
+
+    def cost(self, ctx: Context) -> str:
+        ev = ctx.cfg.eval
+        return (f"forward and reverse AIS, {ev.ais_chains} chains x {ev.ais_steps} steps, on "
+                f"{ev.bdmc_points} simulated points")  # fmt: skip
+
+    def run(self, ctx: Context) -> StageResult:
+        ev, model = ctx.cfg.eval, ctx.model
+        ais = ctx.results["ais"]
+        start = ais.state["start"]
+        prior = model.p_z()
+        with ctx.seeded("bdmc"):
+            z, x = simulate(prior, lambda z: model.likelihood(model.decoder(z)), ev.bdmc_points)
+            if start:
+                family, _ = ctx.results["qstar"].state["fits"][start.removeprefix("_qstar")]
+                q = family.distribution(fit(model, family, x, settings_of(ctx.cfg),
+                                            ev.qstar_init).theta)  # fmt: skip
+            else:
+                with torch.no_grad():
+                    q = model.q(x)
+            estimate = bdmc(
+                q, prior, model.log_likelihood(x), z, ev.ais_steps, ev.ais_chains,
+                leapfrog_steps=ev.ais_leapfrog_steps, pilot_chains=ev.ais_pilot_chains,
+                progress="BDMC",
+            )  # fmt: skip
+        lower, upper = estimate.lower.figure(), estimate.upper.figure()
+        width = Figure(upper.value - lower.value, upper.stderr)
+        result = StageResult(
+            figures={"log_px_bdmc_lower": lower, "log_px_bdmc_upper": upper, "bdmc_gap": width},
+            values={
+                "bdmc_points": ev.bdmc_points,
+                "bdmc_ais_steps": ev.ais_steps,
+                "bdmc_ais_chains": ev.ais_chains,
+                "bdmc_accept_rate": float(estimate.accept_rate.mean()),
+            },
+        )
+        ais_stderr = ais.figures["log_px_ais"].stderr
+        certified = not warn_if_uncertified(width, ais_stderr)
+        result.values["bdmc_certified"] = float(certified)
+        if certified and not ais.state["biased"]:
+            result.state["certified_labels"] = {"AIS"}
+        elif not certified:
+            result.flags.append("BDMC does not certify AIS: the sandwich is wider than its noise")
+            result.unreliable.add("AIS")
+        ppca = ppca_of(model)
+        if ppca is not None:
+            result.values["log_px_bdmc_exact"] = float(ppca.marginal().log_prob(x.double()).mean())
+        return result
+
+
+STAGE = BDMC

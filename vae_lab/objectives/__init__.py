@@ -1,8 +1,0 @@
-"""Training objectives, the ``objective`` config group: ELBO, IWAE bound, semi-amortized."""
-
-from vae_lab.objectives.base import Objective, TrainingLoss
-from vae_lab.objectives.elbo import ELBO
-from vae_lab.objectives.iwae import IWAE
-from vae_lab.objectives.savae import SemiAmortized
-
-__all__ = ["ELBO", "IWAE", "Objective", "SemiAmortized", "TrainingLoss"]

@@ -1,0 +1,149 @@
+"""Reading a run folder that may come from elsewhere: where its runs are, its saved config
+under today's code, its checkpoint as weights.
+
+Nothing read here runs code: the config's old ``_target_`` paths are mapped to today's
+(``vae_lab.config.targets``) and the checkpoint is loaded with ``weights_only=True``; a
+checkpoint stamped with another run's id than the folder's ``metrics.json`` is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vae_lab.config.compose import compose_default, override_key
+from vae_lab.config.targets import upgraded
+from vae_lab.config.validation import ConfigError, validate
+from vae_lab.model.module import VAE
+from vae_lab.records.interrupts import resume_command
+from vae_lab.records.outputs import EVAL_FILE, HYDRA_DIR, METRICS_FILE, read_metrics, saved_choices
+
+#: the config groups of conf/config.yaml's defaults list, composed with the run's options
+DEFAULTS_GROUPS = ("data", "model", "posterior", "prior", "likelihood", "objective", "trainer",
+                   "logger")  # fmt: skip
+BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+
+
+@dataclass
+class RunFolder:
+    """A run folder and the checkpoint of it to read."""
+
+    run_dir: Path
+    ckpt_path: Path
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / HYDRA_DIR / "config.yaml").is_file()
+
+
+def locate(run_dir: str | Path | None, ckpt_path: str | Path | None = None) -> list[RunFolder]:
+    """The runs named: ``ckpt_path`` (in its run folder, or ``run_dir``), the run folder
+    ``run_dir`` (its ``checkpoints/best.ckpt``), or every run of the sweep folder ``run_dir``."""
+    if ckpt_path is not None:
+        ckpt = Path(ckpt_path).expanduser()
+        if not ckpt.is_file():
+            raise ConfigError(f"ckpt_path={ckpt} is not a file")
+        default_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        folder = Path(run_dir).expanduser() if run_dir is not None else default_dir
+        if not is_run(folder):
+            raise ConfigError(
+                f"{folder} is not a run folder (no .hydra/config.yaml): pass run_dir=DIR as well"
+            )
+        return [RunFolder(folder, ckpt)]
+    if run_dir is None:
+        raise ConfigError("give ckpt_path=PATH (a run's checkpoint) or run_dir=DIR (a run folder)")
+    folder = Path(run_dir).expanduser()
+    jobs = [folder] if is_run(folder) else sorted(p.parent for p in folder.glob("*/.hydra"))
+    jobs = [job for job in jobs if is_run(job)]
+    if not jobs:
+        raise ConfigError(f"run_dir={folder} is not a run or sweep folder (no .hydra/config.yaml)")
+    runs = [RunFolder(job, job / BEST_CHECKPOINT) for job in jobs]
+    if len(runs) == 1 and not runs[0].ckpt_path.is_file():
+        raise ConfigError(f"run_dir={folder} has no {BEST_CHECKPOINT}")
+    return runs
+
+
+def saved_config(
+    run_dir: Path, request: DictConfig | None = None, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """The run's saved config over today's defaults for its options (keys it predates), its
+    old ``_target_`` paths mapped to today's, with the ``overrides`` on top, their values as
+    Hydra composed and checked them in ``request``."""
+    saved = upgraded(OmegaConf.load(run_dir / HYDRA_DIR / "config.yaml"))
+    try:
+        choices = saved_choices(run_dir)
+        base = compose_default([f"{g}={o}" for g, o in choices.items() if g in DEFAULTS_GROUPS])
+    except Exception:  # an option that no longer exists, or no hydra.yaml: plain defaults
+        base = compose_default()
+    OmegaConf.set_struct(base, False)
+    for group in DEFAULTS_GROUPS:  # a group of another option than today's default: as saved
+        ours, theirs = base.get(group), saved.get(group)
+        if (
+            not isinstance(ours, DictConfig)
+            or not isinstance(theirs, DictConfig)
+            or (ours.get("_target_") != theirs.get("_target_"))
+        ):
+            base[group] = None
+    cfg = OmegaConf.merge(base, saved)
+    for override in overrides:
+        key = override_key(override)
+        OmegaConf.update(cfg, key, OmegaConf.select(request, key), force_add=True)
+    validate(cfg)
+    return cfg
+
+
+def load_model(cfg: DictConfig, run: RunFolder, data_dim: int) -> VAE:
+    """The model of ``cfg`` with the weights of the run's checkpoint (eval mode, no gradient),
+    refused when the checkpoint records another run than the folder's metrics.json."""
+    model = VAE.from_config(cfg, data_dim)
+    try:
+        checkpoint = torch.load(run.ckpt_path, map_location="cpu", weights_only=True)
+        stamp = checkpoint.get("vae_lab", {})
+        model.load_state_dict(checkpoint["state_dict"])
+    except Exception as err:  # any failure here is the checkpoint's: say so in one line
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(
+            f"ckpt_path={run.ckpt_path} is not a checkpoint of this run's model: "
+            f"{type(err).__name__}: {first_line}"
+        ) from err
+    metrics_file = run.run_dir / METRICS_FILE
+    own = read_metrics(run.run_dir).get("run_id") if metrics_file.is_file() else None
+    if own is not None and stamp.get("run_id") not in (None, own):
+        raise ConfigError(
+            f"ckpt_path={run.ckpt_path} is a checkpoint of another run (run_id "
+            f"{stamp['run_id']}), not of {run.run_dir} (run_id {own}): evaluate it in its own "
+            "folder"
+        )
+    return model.eval().requires_grad_(False)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before any work, a run folder this process cannot write into."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".tmp"):
+            pass
+        for name in (METRICS_FILE, EVAL_FILE):
+            if (run_dir / name).exists() and not os.access(run_dir / name, os.W_OK):
+                raise PermissionError(f"{run_dir / name} is read-only")
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write into {run_dir} ({err.strerror or err}): evaluate writes eval.json "
+            "and metrics.json there; make it writable or evaluate a copy"
+        ) from err
+
+
+def check_trained(run_dir: Path) -> None:
+    """Refuse a run that is still training: its checkpoints change under the evaluation, and
+    its end rewrites metrics.json without the evaluation's figures."""
+    if (run_dir / METRICS_FILE).is_file() and read_metrics(run_dir).get("status") == "running":
+        raise ConfigError(
+            f"{run_dir} is still training (status: running in its {METRICS_FILE}): evaluate it "
+            f"when it ends; if its job was killed, finish it first with "
+            f"`{resume_command(run_dir)}`"
+        )

@@ -1,0 +1,117 @@
+"""Build the run's components from the composed config (``_target_`` instantiation, each
+through ``vae_lab.config.instantiate.component``, whose errors name the config key); the model
+itself is ``VAE.from_config``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+
+from vae_lab.components.data import InMemoryDataModule
+from vae_lab.config.instantiate import component
+from vae_lab.config.validation import ConfigError
+
+
+def build_datamodule(cfg: DictConfig) -> InMemoryDataModule:
+    """The dataset, binarised exactly when the likelihood models binary data."""
+    binary = get_class(cfg.likelihood._target_).binary_data
+    return component(cfg.data, "data", binarize=binary, seed=cfg.seed)
+
+
+def build_logger(cfg: DictConfig, run_dir: Path) -> pl.loggers.Logger | None:
+    if cfg.logger is None:
+        return None
+    logger = component(cfg.logger, "logger", save_dir=str(run_dir))
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+class RunStamp(pl.Callback):
+    """Writes into every checkpoint (``checkpoint["vae_lab"]``) what identifies its run and
+    rebuilds its model: the run's id and config hash, so that ``vae_lab.evaluate`` can refuse a
+    checkpoint of another run, and the run's resolved config (plain containers, which load as
+    weights only) with the data dimension, so that ``VAE.load_from_checkpoint`` rebuilds the
+    model from the file alone."""
+
+    def __init__(self, cfg: DictConfig, stamp: dict[str, str] | None = None) -> None:
+        self.stamp = {**(stamp or {}), "config": OmegaConf.to_container(cfg, resolve=True)}
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["vae_lab"] = dict(self.stamp)
+        if trainer.datamodule is not None:
+            checkpoint["vae_lab"]["data_dim"] = trainer.datamodule.data_dim
+
+
+class StepTimer(pl.Callback):
+    """The wall time of the training steps alone (``seconds``): from each epoch's first batch
+    to the end of its last, summed over epochs; set-up, validation and checkpoints are left
+    out. On a GPU the clock is read without waiting for the device, so an epoch's last few
+    queued kernels may fall outside it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._first: float | None = None
+        self._last = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self._first is None:
+            self._first = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._first is not None:
+            self.seconds += self._last - self._first
+            self._first = None
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    logger: pl.loggers.Logger | None,
+    stamp: dict[str, str] | None = None,
+) -> pl.Trainer:
+    """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint;
+    every checkpoint carries the run's config and ``stamp`` (``RunStamp``).
+
+    Further callbacks come from ``cfg.callbacks``, a mapping of name -> ``_target_`` config
+    (a null entry is skipped), so a feature adds its callback by config alone; a progress bar
+    among them is dropped when ``trainer.enable_progress_bar`` is false.
+    """
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.accelerator=gpu, but torch sees no GPU here: use trainer=cpu (or default)"
+        )
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/elbo",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,  # a run copied elsewhere and resumed keeps one best.ckpt
+    )
+    extra = [
+        component(c, f"callbacks.{name}")
+        for name, c in (cfg.get("callbacks") or {}).items()
+        if c is not None
+    ]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        extra = [c for c in extra if not isinstance(c, ProgressBar)]
+    return component(
+        cfg.trainer,
+        "trainer",
+        logger=logger or False,
+        callbacks=[checkpoint, *extra, StepTimer(), RunStamp(cfg, stamp)],
+        default_root_dir=str(run_dir),
+    )
