@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import time
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from vae_lab.model.module import VAE
 from vae_lab.records.console import USER_ERRORS, quiet_third_parties
 from vae_lab.records.csv_logger import CSVLogger
 from vae_lab.records.interrupts import Interrupted, catching_signals, received, resume_command
-from vae_lab.records.outputs import METRICS_FILE, write_json
+from vae_lab.records.outputs import METRICS_FILE, run_lock, write_json
 from vae_lab.records.run_store import prepare, summary_line, with_resume_folder
 from vae_lab.records.sweep import log_sweep_summary
 from vae_lab.records.tracking import finish_run, wandb_ids
@@ -157,16 +158,19 @@ def app(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        cfg, fields, resume_from = prepare(cfg, run_dir, list(hydra_cfg.overrides.task), multirun)
-    except ConfigError as err:
-        if multirun:  # this job's folder is not its own: leave it untouched, go on
-            log.error("job %s not run: %s", hydra_cfg.job.num, err)
-            return None
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
-    record = execute(cfg, run_dir, fields, multirun, resume_from, sweep_dir)
+    with ExitStack() as held:
+        try:  # one writer a folder: the others of a DDP run write nothing
+            held.enter_context(run_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext())
+            overrides = list(hydra_cfg.overrides.task)
+            cfg, fields, resume_from = prepare(cfg, run_dir, overrides, multirun)
+        except ConfigError as err:
+            if multirun:  # this job's folder is not its own: leave it untouched, go on
+                log.error("job %s not run: %s", hydra_cfg.job.num, err)
+                return None
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
+        record = execute(cfg, run_dir, fields, multirun, resume_from, sweep_dir)
     if not multirun:
         print(summary_line(record, run_dir))
     return record

@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ EVAL_PREFIX = "eval/"
 EVAL_SPLIT = "eval/split"
 #: held by the evaluation of the run (``evaluation_lock``)
 EVAL_LOCK = ".evaluate.lock"
+#: held by the process that trains in the run folder (``run_lock``)
+RUN_LOCK = ".run.lock"
 
 
 def _plain(value: Any) -> Any:
@@ -118,25 +120,55 @@ def without_evaluation(record: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def evaluation_lock(run_dir: Path, then: str = "evaluate it again") -> Iterator[None]:
-    """Hold the run's evaluation lock (an exclusive ``flock`` on ``.evaluate.lock``) for the
-    body: a second ``vae_lab.evaluate`` of the same run, or its resumed training, which would
-    retire and rewrite eval.json and metrics.json under the first, is refused at once instead
-    (the error ends "``then`` when that one ends"). The lock goes with the process, however it
-    ends. Where the file system offers no ``flock`` (some cluster mounts), the body runs
-    unlocked, with a warning."""
-    path = run_dir / EVAL_LOCK
+def folder_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the body, or raise ``ConfigError(busy)`` at
+    once where another process holds it. The lock goes with the process, however it ends.
+    Where the file system offers no ``flock`` (some cluster mounts), the body runs unlocked,
+    with a warning."""
     with open(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)) as handle:  # another user's too
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
-                f"{run_dir} is being evaluated by another process (it holds {path}): "
-                f"{then} when that one ends"
-            ) from None
+            raise ConfigError(busy) from None
         except OSError as err:
             log.warning("cannot lock %s (%s): going on unlocked", path, err.strerror or err)
         yield
+
+
+def evaluation_lock(run_dir: Path, then: str = "evaluate it again") -> AbstractContextManager:
+    """The run's evaluation lock (``.evaluate.lock``): a second ``vae_lab.evaluate`` of the
+    same run, or its resumed training, which would retire and rewrite eval.json and
+    metrics.json under the first, is refused at once (the error ends "``then`` when that one
+    ends")."""
+    path = run_dir / EVAL_LOCK
+    busy = f"{run_dir} is being evaluated by another process (it holds {path}): {then} when "
+    return folder_lock(path, busy + "that one ends")
+
+
+def run_lock(run_dir: Path) -> AbstractContextManager:
+    """The run's writer lock (``.run.lock``), held by a training run or its resume for as long
+    as it writes: a second process that would train in the folder (a sweep started twice into
+    one folder, a resume of a run still training) is refused at once."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RUN_LOCK
+    return folder_lock(path, f"{run_dir} is in use by another process that trains in it (it "
+                             f"holds {path}): a run folder has one writer; wait for it to end, "
+                             "or choose another folder")  # fmt: skip
+
+
+def held_by_another(run_dir: Path) -> bool:
+    """Whether another process holds the run's writer lock (it is training)."""
+    path = run_dir / RUN_LOCK
+    if not path.exists():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def saved_choices(run_dir: Path) -> dict[str, str]:

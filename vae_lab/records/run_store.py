@@ -75,8 +75,14 @@ def summary_line(record: dict[str, Any], run_dir: Path) -> str:
 
 
 def claim(run_dir: Path) -> None:
-    """Refuse a folder that already holds a run."""
-    taken = [n for n in (METRICS_FILE, "checkpoints", HYDRA_DIR) if (run_dir / n).exists()]
+    """Claim the folder for a new run, or refuse one that already holds a run. The claim is
+    the creation of its ``.hydra/`` folder, which of two processes exactly one can make."""
+    taken = [n for n in (METRICS_FILE, "checkpoints") if (run_dir / n).exists()]
+    try:
+        if not taken:
+            (run_dir / HYDRA_DIR).mkdir(parents=True)
+    except FileExistsError:
+        taken = [HYDRA_DIR]
     if taken:
         raise ConfigError(
             f"{run_dir} already holds a run ({taken[0]}): a run folder holds one run; "
