@@ -11,8 +11,10 @@ import pytest
 from matplotlib.image import imread, imsave
 
 from tests.conftest import report_cli
-from vae_lab.records.collect import option_rank
+from vae_lab.records.collect import find_runs, option_rank
+from vae_lab.report.curves import NO_CURVES, mean_curve, training_curves_figure
 from vae_lab.report.plots import DPI, WIDTH, figure_height
+from vae_lab.report.table import cells, significant
 from vae_lab.report.write import write_report
 
 
@@ -52,7 +54,8 @@ def test_table_gives_mean_and_sd_over_seeds(sweep):
     report = (sweep / "report.md").read_text()
     assert "5 runs (3 completed, 1 failed, 1 running)" in report
     header = report.split("\n\n")[2].splitlines()[0]
-    assert header == "| posterior | prior | runs | ELBO | log p(x) | inference gap |"
+    by = " ± sd over seeds"  # gaussian has two seeds
+    assert header == f"| posterior | prior | runs | ELBO{by} | log p(x){by} | inference gap{by} |"
     table = rows(report)
     sd = statistics.stdev([-90.0, -92.0])
     assert table["gaussian"] == [
@@ -63,7 +66,10 @@ def test_table_gives_mean_and_sd_over_seeds(sweep):
         f"-91.00 ± {sd:.2f}",
         f"2.50 ± {statistics.stdev([3.0, 2.0]):.2f}",
     ]
-    assert table["full_cov"] == ["full_cov", "standard", "1", "-91.00", "-89.50", "1.50"]
+    one = "(n = 1)"  # one seed: no sd to give
+    assert table["full_cov"] == [
+        "full_cov", "standard", "1", f"-91.00 {one}", f"-89.50 {one}", f"1.50 {one}"
+    ]  # fmt: skip
     assert table["flow"] == ["flow", "standard", "0", "—", "—", "—"]
 
 
@@ -90,7 +96,7 @@ def test_evaluated_gaps_get_columns_and_stacked_bars(sweep):
         .splitlines()[0]
         .endswith("| approximation gap | amortization gap | amortization gap, refined q |")
     )
-    assert rows(report)["iaf"][-3:] == ["0.50", "1.50", "0.70"]
+    assert rows(report)["iaf"][-3:] == ["0.50 (n = 1)", "1.50 (n = 1)", "0.70 (n = 1)"]
     assert rows(report)["gaussian"][-3:] == ["—", "—", "—"]
 
 
@@ -102,7 +108,7 @@ def test_gaps_evaluated_on_another_split_are_listed_not_tabled(sweep):
     make_run(sweep / "6", "iaf", 1, **completed(-88.0, -90.0, **gaps, **{"eval/split": "train"}))
     write_report([sweep])
     report = (sweep / "report.md").read_text()
-    assert rows(report)["iaf"][-2:] == ["0.50 (n=1)", "1.50 (n=1)"]
+    assert rows(report)["iaf"][-2:] == ["0.50 (n = 1)", "1.50 (n = 1)"]
     listing = report.split("## Evaluated on another split than test")[1].split("##")[0]
     assert "`6`" in listing and "`5`" not in listing
 
@@ -118,7 +124,8 @@ def test_a_metric_of_some_runs_only_says_its_n(sweep):
         )
     )
     write_report([sweep])
-    assert rows((sweep / "report.md").read_text())["gaussian"][-2:] == ["1.00 (n=1)", "2.00 (n=1)"]
+    gaps = rows((sweep / "report.md").read_text())["gaussian"][-2:]
+    assert gaps == ["1.00 (n = 1)", "2.00 (n = 1)"]
 
 
 def test_run_images_are_linked_or_said_missing(sweep):
@@ -202,3 +209,69 @@ def test_options_sort_by_the_default_then_conf_then_name():
     assert sorted(["vamp", "flow", "standard"], key=lambda o: option_rank("prior", o)) == [
         "standard", "flow", "vamp"
     ]  # fmt: skip
+
+
+def test_stderr_and_khat_columns_give_the_mean_of_the_runs(sweep):
+    make_run(sweep / "5", "iaf", 0, **completed(-88.0, -90.0, **{
+        "test/log_px_stderr": 0.0012, "test/psis_khat": 0.4}))  # fmt: skip
+    make_run(sweep / "6", "iaf", 1, **completed(-88.001, -90.0, **{
+        "test/log_px_stderr": 0.0014, "test/psis_khat": 0.6}))  # fmt: skip
+    write_report([sweep])
+    report = (sweep / "report.md").read_text()
+    header = report.split("\n\n")[2].splitlines()[0]
+    assert "| log p(x) ± sd over seeds | stderr | k̂ | inference gap" in header
+    assert rows(report)["iaf"][4:7] == ["-88.00 ± 0.00071", "0.0013", "0.50"]
+    assert rows(report)["gaussian"][5:7] == ["—", "—"]
+
+
+def test_one_seed_says_n_1_and_no_sd_header(tmp_path):
+    make_run(tmp_path / "0", "gaussian", 0, **completed(-90.0, -93.0))
+    write_report([tmp_path])
+    report = (tmp_path / "report.md").read_text()
+    assert "±" not in report.split("\n\n")[2]
+    assert rows(report)["gaussian"][3:] == [
+        "-93.00 (n = 1)", "-90.00 (n = 1)", "3.00 (n = 1)"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0.0013, "0.0013"), (0.00012345, "0.00012"), (0.5, "0.50"), (1.414, "1.41"), (0.0, "0.00")],
+)
+def test_spreads_keep_two_significant_digits(value, shown):
+    assert significant(value) == shown
+
+
+def write_history(run: Path, rows: list[tuple[int, str, str]]) -> None:
+    """``run``'s csv/metrics.csv as the CSV logger writes it: (step, train/loss, val/elbo)."""
+    (run / "csv").mkdir()
+    lines = ["epoch,step,train/loss,val/elbo", *(f"0,{s},{loss},{elbo}" for s, loss, elbo in rows)]
+    (run / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_training_curves_one_thick_line_per_configuration(sweep):
+    write_history(sweep / "0", [(10, "5.0", ""), (20, "4.0", "-95.0"), (30, "3.5", "")])
+    write_history(sweep / "1", [(10, "6.0", ""), (20, "4.5", "-96.0")])
+    write_history(sweep / "2", [(10, "5.5", "-97.0")])
+    written = write_report([sweep])
+    assert sweep / "training_curves.png" in written
+    assert "![training_curves](training_curves.png)" in (sweep / "report.md").read_text()
+    fig = training_curves_figure(cells(find_runs([sweep])))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "gaussian · standard", "full_cov · standard"
+    ]  # fmt: skip
+    elbo, loss = fig.axes
+    thick = [line.get_xydata().tolist() for line in loss.lines if line.get_linewidth() > 1]
+    assert thick == [[[10, 5.5], [20, 4.25]], [[10, 5.5]]]  # the means over seeds
+    assert len([line for line in elbo.lines if line.get_linewidth() < 1]) == 3  # the seeds
+
+
+def test_mean_curve_keeps_the_steps_every_seed_logged():
+    assert mean_curve([{1: 1.0, 2: 2.0}, {2: 4.0, 3: 0.0}]) == {2: 3.0}
+
+
+def test_no_training_curves_without_a_csv_is_one_line(sweep):
+    written = write_report([sweep])
+    assert not (sweep / "training_curves.png").exists()
+    assert sweep / "training_curves.png" not in written
+    assert (sweep / "report.md").read_text().count(NO_CURVES) == 1

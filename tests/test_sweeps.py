@@ -100,8 +100,10 @@ def test_grid_sweep_completes_and_reports(launcher, tmp_path):
         ["gaussian", "standard", "2"],
         ["full_cov", "standard", "2"],
     ]
-    for row in rows:  # ELBO, log p(x), inference gap: mean ± sd over the two seeds
-        assert all(re.fullmatch(r"-?\d+\.\d\d ± \d+\.\d\d", cell) for cell in row[3:6]), row
+    spread = r"-?\d+\.\d\d ± \d+\.\d+"  # mean ± sd over the two seeds, sd to 2 significant digits
+    for row in rows:  # ELBO, log p(x), stderr and k̂ (means over seeds), inference gap
+        assert all(re.fullmatch(spread, cell) for cell in (*row[3:5], row[7])), row
+        assert re.fullmatch(r"\d+\.\d+", row[5]) and re.fullmatch(r"-?\d+\.\d\d", row[6]), row
     csv_lines = (sweep_dir / "report.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 4
     for plot in ("gaps.png", "log_px.png"):

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vae_lab.records.collect import Run, status_counts, with_status
-from vae_lab.report.table import Cell, markdown_table, shown_metrics
+from vae_lab.report.curves import CURVES_FILE, NO_CURVES
+from vae_lab.report.table import Cell, headed, markdown_table, shown_metrics
 
 #: image grids that vae_lab.training.callbacks.ImageGrids leaves in every run folder
 RUN_IMAGES = (
@@ -64,10 +65,13 @@ def render(runs: Sequence[Run], table: Sequence[Cell], plots: Sequence[Path], ou
     lines = [
         "# vae_lab report",
         "",
-        f"{len(runs)} runs ({status_counts(runs)}). Mean ± standard deviation over seeds of the",
-        "completed runs, in nats; log p(x) and the ELBO are per test image, higher is better.",
+        f"{len(runs)} runs ({status_counts(runs)}). Mean over the seeds of the completed runs, in",
+        "nats; log p(x) and the ELBO are per test image, higher is better. A ± is the standard",
+        "deviation over seeds (its column says so); a figure of one seed says n = 1 instead.",
+        "stderr is the mean of the runs' Monte Carlo standard errors of log p(x), k̂ their mean",
+        "PSIS k-hat (above 0.7 the importance-weighted estimate is unreliable).",
         "",
-        markdown_table(table, shown_metrics(runs)),
+        markdown_table(table, headed(table, shown_metrics(runs))),
         "",
         *_listing("Failed runs", with_status(runs, "failed"), out_dir, with_error=True),
         *_listing(RUNNING, with_status(runs, "running"), out_dir, with_error=False),
@@ -78,6 +82,7 @@ def render(runs: Sequence[Run], table: Sequence[Cell], plots: Sequence[Path], ou
         "## Plots",
         "",
         *(f"![{plot.stem}]({os.path.relpath(plot, out_dir)})" for plot in plots),
+        *([] if any(plot.name == CURVES_FILE for plot in plots) else ["", NO_CURVES]),
         "",
         *_images(with_status(runs, "completed"), out_dir),
     ]

@@ -28,17 +28,21 @@ def prefix(cell: Cell) -> str:
     return "eval" if cell.stat("eval/fid_samples") is not None else "test"
 
 
-def sample_quality_plot(table: Sequence[Cell], path: Path) -> Path | None:
-    """The figure, or None when no run has sample metrics."""
+def sample_quality_figure(table: Sequence[Cell]) -> Figure | None:
+    """The figure, or None when no run has sample metrics. Its legend names only what is
+    drawn: a refitted prior no run has is no marker to look for."""
     if all(cell.stat(f"{prefix(cell)}/fid_samples") is None for cell in table):
         return None
     fig, ax, rows = _figure(table)
+    refitted: set[str] = set()
+    drawn = False
     for row, cell in zip(rows, table, strict=True):
         recon = cell.stat(f"{prefix(cell)}/fid_recon")
         samples = cell.stat(f"{prefix(cell)}/fid_samples")
         if recon is None or samples is None:
             ax.text(0, row, " no sample metrics", va="center", fontsize=8, color="grey")
             continue
+        drawn = True
         ax.plot([recon.mean, samples.mean], [row, row], color="#c44e52", linewidth=4, alpha=0.35)
         ax.errorbar(recon.mean, row, xerr=recon.std, fmt="o", color="#4c72b0", capsize=3)
         ax.errorbar(samples.mean, row, xerr=samples.std, fmt="D", color="#c44e52", capsize=3)
@@ -46,15 +50,24 @@ def sample_quality_plot(table: Sequence[Cell], path: Path) -> Path | None:
             refit = cell.stat(f"eval/fid_samples_refit_{name}")
             if refit is not None:
                 ax.plot(refit.mean, row, MARKERS[name], color="#55a868", markersize=8)
-    ax.plot([], [], "o", color="#4c72b0", label="FID of reconstructions, z ~ q(z|x)")
-    ax.plot([], [], "D", color="#c44e52", label="FID of samples, z ~ p(z)")
-    ax.plot([], [], color="#c44e52", linewidth=4, alpha=0.35, label="the prior's share")
-    for name, marker in MARKERS.items():
-        ax.plot([], [], marker, color="#55a868", label=f"samples of p(z) refitted: {name}")
-    fig.legend(**LEGEND)
+                refitted.add(name)
+    if drawn:
+        ax.plot([], [], "o", color="#4c72b0", label="FID of reconstructions, z ~ q(z|x)")
+        ax.plot([], [], "D", color="#c44e52", label="FID of samples, z ~ p(z)")
+        ax.plot([], [], color="#c44e52", linewidth=4, alpha=0.35, label="the prior's share")
+        for name, marker in MARKERS.items():
+            if name in refitted:
+                ax.plot([], [], marker, color="#55a868", label=f"samples of p(z) refitted: {name}")
+        fig.legend(**LEGEND)
     ax.set_xlabel("FID to the test images, classifier features (lower is better)")
     ax.set_title("Sample quality: the blur of the decoder and of the prior", fontsize=10)
-    return _save(fig, path)
+    return fig
+
+
+def sample_quality_plot(table: Sequence[Cell], path: Path) -> Path | None:
+    """``sample_quality_figure`` saved to ``path``, or None when no run has sample metrics."""
+    fig = sample_quality_figure(table)
+    return None if fig is None else _save(fig, path)
 
 
 def side_by_side(grids: Sequence[tuple[str, Path]], path: Path) -> Path:

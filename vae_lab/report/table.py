@@ -2,15 +2,20 @@
 
 A configuration is a run's whole config but its seed (``vae_lab.config.identity``): runs that differ
 in any other key are never pooled, and the keys that differ are the table's columns.
-Only completed runs enter the statistics. The standard deviation is the sample one (n - 1);
-a cell with one run shows its value alone, a cell with none a dash, and a metric that only
-some of a cell's runs have (the eval/ gaps, before every run is evaluated) says its n.
+Only completed runs enter the statistics. The standard deviation is the sample one (n - 1), and
+a column that shows one says so in its header; a cell of one run shows its value with ``n = 1``,
+not a ± that no second seed backs, a cell with none a dash, and a metric that only some of a
+cell's runs have (the eval/ gaps, before every run is evaluated) says its n. The Monte Carlo
+stderr of log p(x) and the PSIS k-hat are each run's own diagnostics: their columns show the
+mean over seeds alone. Spreads are printed to two significant digits, so that a small one is
+never a bare 0.00.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 from collections.abc import Sequence
@@ -26,6 +31,8 @@ from vae_lab.records.collect import Run, option_rank, with_status
 METRICS = (
     ("test/elbo", "ELBO"),
     ("test/log_px", "log p(x)"),
+    ("test/log_px_stderr", "stderr"),  # the IW estimate's Monte Carlo standard error
+    ("test/psis_khat", "k̂"),  # above 0.7 the IW estimate of log p(x) is unreliable
     ("test/inference_gap", "inference gap"),
     ("eval/approximation_gap", "approximation gap"),
     ("eval/amortization_gap", "amortization gap"),
@@ -37,7 +44,13 @@ METRICS = (
     ("test/precision_samples", "precision"),
     ("test/recall_samples", "recall"),
 )
-ALWAYS_SHOWN = 3  # the first test/ metrics; the others only where some run has them
+#: shown in every table; the others only where some completed run has them
+ALWAYS_SHOWN = ("test/elbo", "test/log_px", "test/inference_gap")
+#: a run's own uncertainty or diagnostic: the table gives their mean over seeds, with no ± (the
+#: spread of a standard error over seeds is no figure a reader wants)
+MEAN_ONLY = ("test/log_px_stderr", "test/psis_khat")
+SPREAD = ("test/log_px_stderr",)  # printed like a standard deviation (``significant``)
+SD_HEADER = " ± sd over seeds"
 CSV_LEAD = ("folder", "status", "data", "posterior", "prior", "likelihood", "model", "seed")
 CSV_TAIL = ("wall_time_s", "error")
 
@@ -58,7 +71,19 @@ class Stat:
         return cls(mean=statistics.fmean(values), std=std, n=len(values))
 
     def __str__(self) -> str:
-        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+        """``mean ± sd``; ``mean (n = 1)`` for one value, whose sd over seeds is unknown."""
+        if self.std is None:
+            return f"{self.mean:.2f} (n = 1)"
+        return f"{self.mean:.2f} ± {significant(self.std)}"
+
+
+def significant(value: float, digits: int = 2) -> str:
+    """``value`` to ``digits`` significant digits and at least two decimals, without exponent:
+    a standard error of 0.0013 nats is 0.0013, not the 0.00 of a fixed two decimals."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:.2f}"
+    decimals = max(2, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
 
 
 @dataclass(frozen=True)
@@ -189,21 +214,37 @@ def several_datasets(table: Sequence[Cell]) -> bool:
 
 
 def shown_metrics(runs: Sequence[Run]) -> list[tuple[str, str]]:
-    """The always-shown metrics, then the eval/ gaps that some completed run has."""
+    """``METRICS`` in their order: the always-shown ones and those some completed run has."""
     completed = with_status(runs, "completed")
-    optional = [
+    return [
         (key, title)
-        for key, title in METRICS[ALWAYS_SHOWN:]
-        if any(run.value(key) is not None for run in completed)
+        for key, title in METRICS
+        if key in ALWAYS_SHOWN or any(run.value(key) is not None for run in completed)
     ]
-    return [*METRICS[:ALWAYS_SHOWN], *optional]
 
 
-def _shown(stat: Stat | None, runs: int) -> str:
+def headed(table: Sequence[Cell], metrics: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The metrics with `` ± sd over seeds`` added to the title of each column whose cells show
+    a ± (some cell has several seeds), so that a reader never takes it for a standard error."""
+    return [
+        (key, title + SD_HEADER)
+        if key not in MEAN_ONLY and any((s := c.stat(key)) is not None and s.n > 1 for c in table)
+        else (key, title)
+        for key, title in metrics
+    ]
+
+
+def _shown(key: str, stat: Stat | None, runs: int) -> str:
     """A statistic for the table; with its n when only some of the runs have the metric."""
     if stat is None:
         return "—"
-    return str(stat) if stat.n == runs else f"{stat} (n={stat.n})"
+    if key in MEAN_ONLY:
+        text = significant(stat.mean) if key in SPREAD else f"{stat.mean:.2f}"
+    elif stat.n == 1:
+        return str(stat)  # it says n = 1 already
+    else:
+        text = str(stat)
+    return text if stat.n == runs else f"{text} (n = {stat.n})"
 
 
 def markdown_table(table: Sequence[Cell], metrics: Sequence[tuple[str, str]]) -> str:
@@ -216,11 +257,10 @@ def markdown_table(table: Sequence[Cell], metrics: Sequence[tuple[str, str]]) ->
         "| " + " | ".join(["---"] * len(keys) + ["---:"] * (len(metrics) + 1)) + " |",
     ]
     for cell in table:
-        stats = [cell.stat(key) for key, _ in metrics]
         row = [
             *(value for _, value in cell.columns),
             str(len(cell.completed)),
-            *(_shown(stat, len(cell.completed)) for stat in stats),
+            *(_shown(key, cell.stat(key), len(cell.completed)) for key, _ in metrics),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vae_lab.records.collect import find_runs
+from vae_lab.report.curves import CURVES_FILE, training_curves_plot
 from vae_lab.report.document import render
 from vae_lab.report.plots import gap_plot, log_px_plot
 from vae_lab.report.sample_quality import sample_quality_plot
@@ -24,6 +25,8 @@ def write_report(folders: Sequence[Path], out_dir: Path | None = None) -> list[P
     plots = [gap_plot(table, out_dir / "gaps.png"), log_px_plot(table, out_dir / "log_px.png")]
     if (blur := sample_quality_plot(table, out_dir / "sample_quality.png")) is not None:
         plots.append(blur)
+    if (curves := training_curves_plot(table, out_dir / CURVES_FILE)) is not None:
+        plots.append(curves)
     markdown, csv_path = out_dir / "report.md", out_dir / "report.csv"
     markdown.write_text(render(runs, table, plots, out_dir))
     write_csv(runs, csv_path, table)
