@@ -1,10 +1,11 @@
 # vae_lab: `make install` then `make test`.
 PYTHON ?= python
-# torch: a CUDA build where `nvidia-smi` sees a GPU, otherwise the CPU build 2.13.0.
+# torch: a CUDA build where `nvidia-smi` sees a GPU, otherwise the CPU build 2.13.0 (>= 2.6:
+# its torch.load is weights-only by default, so Lightning's loads on resume run no code).
 # Elsewhere without a GPU, `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`
 # avoids PyPI's multi-GB CUDA wheel.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3,torch==2.13.0)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.6,torch==2.13.0)
 TORCH_INDEX ?=
 PIP := $(PYTHON) -m pip
 

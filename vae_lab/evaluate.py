@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vae_lab.config.compose import override_key
 from vae_lab.config.paths import CONF_DIR
-from vae_lab.config.validation import ConfigError, validate
+from vae_lab.config.validation import validate
 from vae_lab.evaluation import pipeline
 from vae_lab.evaluation.points import eval_device, select_points
 from vae_lab.evaluation.rules import EVAL_RULES, check_overrides
@@ -41,9 +41,7 @@ from vae_lab.records.evaluation_record import EvaluationRecord
 from vae_lab.records.interrupts import catching_signals, received
 from vae_lab.records.outputs import (
     EVAL_FILE,
-    RUN_LOCK,
     evaluation_lock,
-    held_by_another,
     read_metrics,
     retire_evaluation,
 )
@@ -71,9 +69,6 @@ def evaluate_run(run: RunFolder, request: DictConfig, overrides: list[str]) -> d
     validate(cfg, EVAL_RULES)
     check_writable(run.run_dir)
     check_trained(run.run_dir)
-    if held_by_another(run.run_dir):
-        raise ConfigError(f"{run.run_dir} is still training (another process holds its "
-                          f"{RUN_LOCK}): evaluate it when it ends")  # fmt: skip
     use_threads(cfg.get("num_threads"))
     stages = pipeline.select(pipeline.requested(cfg, "eval.stages"))
     datamodule = build_datamodule(cfg)

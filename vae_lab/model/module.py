@@ -151,9 +151,11 @@ class VAE(pl.LightningModule):
         The module takes built components, not hyperparameters Lightning could pass back to
         it, so it is rebuilt (``from_config``) from the resolved config and data dimension the
         checkpoint carries (``checkpoint["vae_lab"]``, written by
-        ``vae_lab.training.build.RunStamp``), old ``_target_`` paths mapped to today's. The file
-        is read as weights only: a checkpoint is data, and one whose pickle would run code is
-        refused, never run. The RNG state the checkpoint carries for resuming is left unused.
+        ``vae_lab.training.build.RunStamp``), old ``_target_`` paths mapped to today's and any
+        ``_target_`` outside vae_lab's components refused before anything is built
+        (``vae_lab.config.targets.upgraded``). The file is read as weights only: a checkpoint
+        is data, and one whose pickle would run code is refused, never run. The RNG state the
+        checkpoint carries for resuming is left unused.
         """
         path = Path(checkpoint_path).expanduser()
         checkpoint = _load_weights(path, map_location or "cpu")

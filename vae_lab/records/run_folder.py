@@ -1,9 +1,12 @@
 """Reading a run folder that may come from elsewhere: where its runs are, its saved config
 under today's code, its checkpoint as weights.
 
-Nothing read here runs code: the config's old ``_target_`` paths are mapped to today's
-(``vae_lab.config.targets``) and the checkpoint is loaded with ``weights_only=True``; a
-checkpoint stamped with another run's id than the folder's ``metrics.json`` is refused.
+Nothing read here runs code: the config's old ``_target_`` paths are mapped to today's and
+any ``_target_`` outside vae_lab's components is refused before anything is built
+(``vae_lab.config.targets``), and the checkpoint is loaded with ``weights_only=True``. A
+checkpoint stamped with another run's id than the folder's ``metrics.json``, or trained under
+another config than the folder's ``.hydra/config.yaml`` (``check_trained_under``), is refused:
+its weights would be evaluated, or trained on, as a model they are not.
 """
 
 from __future__ import annotations
@@ -13,21 +16,34 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.config.compose import compose_default, override_key
+from vae_lab.config.identity import config_hash, identity
 from vae_lab.config.targets import upgraded
 from vae_lab.config.validation import ConfigError, validate
 from vae_lab.model.module import VAE
 from vae_lab.records.interrupts import resume_command
-from vae_lab.records.outputs import EVAL_FILE, HYDRA_DIR, METRICS_FILE, read_metrics, saved_choices
+from vae_lab.records.outputs import (
+    EVAL_FILE,
+    HYDRA_DIR,
+    METRICS_FILE,
+    RUN_LOCK,
+    held_by_another,
+    read_metrics,
+    saved_choices,
+)
 
 #: the config groups of conf/config.yaml's defaults list, composed with the run's options
 DEFAULTS_GROUPS = ("data", "model", "posterior", "prior", "likelihood", "objective", "trainer",
                    "logger")  # fmt: skip
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+#: the keys of the identity a resume may extend (``run_store.EXTENDABLE``): a checkpoint of the
+#: run before ``trainer.max_epochs=200`` was trained under the folder's config all the same
+TRAINING_LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
 
 
 @dataclass
@@ -98,20 +114,66 @@ def saved_config(
     return cfg
 
 
-def load_model(cfg: DictConfig, run: RunFolder, data_dim: int) -> VAE:
-    """The model of ``cfg`` with the weights of the run's checkpoint (eval mode, no gradient),
-    refused when the checkpoint records another run than the folder's metrics.json."""
-    model = VAE.from_config(cfg, data_dim)
+def read_checkpoint(path: Path, named: str) -> dict[str, Any]:
+    """The checkpoint at ``path`` as weights only (a pickle that would run code is refused,
+    never run); any failure as one ConfigError that begins with ``named``."""
     try:
-        checkpoint = torch.load(run.ckpt_path, map_location="cpu", weights_only=True)
-        stamp = checkpoint.get("vae_lab", {})
-        model.load_state_dict(checkpoint["state_dict"])
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise TypeError("it holds no state_dict")
     except Exception as err:  # any failure here is the checkpoint's: say so in one line
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"{named}: {type(err).__name__}: {first_line}") from err
+    return checkpoint
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """The identity keys both have, but ``TRAINING_LENGTH``, whose values differ."""
+    return [
+        f"{key}={theirs[key]} there, {ours[key]} here"
+        for key in sorted(ours.keys() & theirs.keys())
+        if key not in TRAINING_LENGTH and ours[key] != theirs[key]
+    ]
+
+
+def check_trained_under(checkpoint: dict[str, Any], ckpt_path: Path, run_dir: Path) -> None:
+    """Refuse a checkpoint trained under another config than the run folder's saved one.
+
+    The checkpoint's ``config_hash`` (``RunStamp``) is compared with the hash of the folder's
+    ``.hydra/config.yaml``; where they differ, the config the checkpoint carries is compared
+    key by key with the folder's, and only a difference in a key both have, other than
+    ``TRAINING_LENGTH``, is refused. So a run extended by a resume, or one saved before a key
+    existed (its checkpoints since carry today's defaults for it), is its own. A checkpoint
+    that carries no config is skipped: its hash, if any, is of an identity of older code
+    (keys have left it since), which today's cannot reproduce."""
+    stamp = checkpoint.get("vae_lab")
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("config"), dict):
+        return
+    saved_path = run_dir / HYDRA_DIR / "config.yaml"
+    saved = saved_config(run_dir)  # resolved, over today's defaults for keys it predates
+    try:
+        choices = saved_choices(run_dir)
+    except Exception:  # no hydra.yaml: the options are not part of either identity
+        choices = {}
+    ours = identity(saved, choices)
+    if stamp.get("config_hash") in (None, config_hash(ours)):
+        return
+    theirs = identity(upgraded(OmegaConf.create(stamp["config"])), choices)
+    if changed := _differences(ours, theirs):
         raise ConfigError(
-            f"ckpt_path={run.ckpt_path} is not a checkpoint of this run's model: "
-            f"{type(err).__name__}: {first_line}"
-        ) from err
+            f"{ckpt_path} was trained under another config than {saved_path} (config_hash "
+            f"{stamp['config_hash']}, the folder's {config_hash(ours)}): {changed[0]}; a "
+            "checkpoint is used only under the config it was trained with"
+        )
+
+
+def load_model(cfg: DictConfig, run: RunFolder, data_dim: int) -> VAE:
+    """The model of ``cfg`` with the weights of the run's checkpoint (eval mode, no gradient),
+    refused when the checkpoint records another run than the folder's metrics.json, or was
+    trained under another config than the folder's (``check_trained_under``)."""
+    named = f"ckpt_path={run.ckpt_path} is not a checkpoint of this run's model"
+    checkpoint = read_checkpoint(run.ckpt_path, named)
+    stamp = checkpoint.get("vae_lab", {})
     metrics_file = run.run_dir / METRICS_FILE
     own = read_metrics(run.run_dir).get("run_id") if metrics_file.is_file() else None
     if own is not None and stamp.get("run_id") not in (None, own):
@@ -120,6 +182,13 @@ def load_model(cfg: DictConfig, run: RunFolder, data_dim: int) -> VAE:
             f"{stamp['run_id']}), not of {run.run_dir} (run_id {own}): evaluate it in its own "
             "folder"
         )
+    check_trained_under(checkpoint, run.ckpt_path, run.run_dir)
+    model = VAE.from_config(cfg, data_dim)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:  # weights of other shapes or names
+        first_line = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{named}: {type(err).__name__}: {first_line}") from err
     return model.eval().requires_grad_(False)
 
 
@@ -141,6 +210,9 @@ def check_writable(run_dir: Path) -> None:
 def check_trained(run_dir: Path) -> None:
     """Refuse a run that is still training: its checkpoints change under the evaluation, and
     its end rewrites metrics.json without the evaluation's figures."""
+    if held_by_another(run_dir):
+        raise ConfigError(f"{run_dir} is still training (another process holds its "
+                          f"{RUN_LOCK}): evaluate it when it ends")  # fmt: skip
     if (run_dir / METRICS_FILE).is_file() and read_metrics(run_dir).get("status") == "running":
         raise ConfigError(
             f"{run_dir} is still training (status: running in its {METRICS_FILE}): evaluate it "

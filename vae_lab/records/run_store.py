@@ -37,7 +37,7 @@ from vae_lab.records.outputs import (
     without_evaluation,
     write_text,
 )
-from vae_lab.records.run_folder import saved_config
+from vae_lab.records.run_folder import check_trained_under, read_checkpoint, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ def resume_config(
     """The config to continue the run in ``folder`` with: its saved config, over today's
     defaults for keys it predates, with the ``EXTENDABLE`` overrides of this command line
     applied (and saved); the run's record, its overrides extended, less the figures of the
-    checkpoints training is about to replace (test/*, eval/*)."""
+    checkpoints training is about to replace (test/*, eval/*). A saved config naming code
+    outside vae_lab's components (``upgraded``), a last.ckpt that does not load as weights
+    only or was trained under another config (``check_trained_under``) is refused first."""
     if folder.resolve() != run_dir.resolve():
         raise ConfigError(
             f"resume={folder} with hydra.run.dir={run_dir}: a run continues in its own folder, "
@@ -122,6 +124,10 @@ def resume_config(
             f"{', '.join(EXTENDABLE)} may change"
         )
     saved = upgraded(OmegaConf.load(saved_path))
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.is_file():  # refused before anything in the folder changes, training included
+        checkpoint = read_checkpoint(last, f"resume={folder}: {last} cannot be resumed from")
+        check_trained_under(checkpoint, last, folder)
     record = {k: v for k, v in without_evaluation(read_metrics(folder)).items()
               if not k.startswith("test/")}  # fmt: skip
     kept = None
