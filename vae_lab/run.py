@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from vae_lab.config.identity import warmup_unused
+from vae_lab.config.identity import note_unused_warmup
 from vae_lab.config.paths import CONF_DIR
 from vae_lab.config.validation import ConfigError, validate
 from vae_lab.evaluation.test_stage import run_test_stage, stages_for_test
@@ -44,17 +44,8 @@ from vae_lab.training.threads import use_threads
 log = logging.getLogger(__name__)
 
 
-def note_unused_warmup(cfg: DictConfig) -> None:
-    """Say so when the run's objective has no KL warm-up to take ``kl_warmup_steps`` (a preset's
-    warm-up swept over objectives); it then leaves the run's identity too."""
-    if cfg.get("kl_warmup_steps") and warmup_unused(cfg):
-        name = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
-        log.info("kl_warmup_steps=%s is not used: the %s objective has no KL warm-up",
-                 cfg.kl_warmup_steps, name)  # fmt: skip
-
-
 @rank_zero_only
-def _record(run_dir: Path, record: dict[str, Any]) -> None:
+def _record(run_dir: Path, record: dict[str, Any]) -> None:  # metrics.json, atomically
     write_json(run_dir / METRICS_FILE, record)
 
 
@@ -92,7 +83,12 @@ def train_and_test(
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path or None
         start = time.perf_counter()
-        metrics |= run_test_stage(stages, cfg, model, datamodule, run_dir, best)
+
+        def written(figures: dict[str, float], _: dict[str, Any]) -> None:  # as a stage ends
+            record.update(metrics | figures)
+            _record(run_dir, record)
+
+        metrics |= run_test_stage(stages, cfg, model, datamodule, run_dir, best, written)
         metrics["test_time_s"] = time.perf_counter() - start
         if logger is not None:
             logger.log_metrics({k: v for k, v in metrics.items() if k.startswith("test/")})

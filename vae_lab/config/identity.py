@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.config.targets import map_targets, stable
+
+log = logging.getLogger(__name__)
 
 #: keys that do not change what a run computes (a key names itself and everything below it)
 NOT_IDENTITY = (
@@ -76,6 +79,15 @@ def warmup_unused(cfg: DictConfig) -> bool:
     """Whether the run's objective has no KL warm-up to read ``kl_warmup_steps`` (iwae, savae)."""
     objective = cfg.get("objective")
     return isinstance(objective, DictConfig) and "kl_warmup_steps" not in objective
+
+
+def note_unused_warmup(cfg: DictConfig) -> None:
+    """Say so when the run's objective has no KL warm-up to take ``kl_warmup_steps`` (a preset's
+    warm-up swept over objectives); it then leaves the run's identity too."""
+    if cfg.get("kl_warmup_steps") and warmup_unused(cfg):
+        name = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
+        log.info("kl_warmup_steps=%s is not used: the %s objective has no KL warm-up",
+                 cfg.kl_warmup_steps, name)  # fmt: skip
 
 
 def identity(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,9 +40,10 @@ def run_test_stage(
     datamodule: InMemoryDataModule,
     run_dir: Path,
     checkpoint: str | None,
+    sink: pipeline.Sink | None = None,
 ) -> dict[str, float]:
     """The ``test/*`` figures of the model with the weights of ``checkpoint`` (the best
-    validation ELBO's; None: as trained)."""
+    validation ELBO's; None: as trained), each stage's also to ``sink`` as it ends."""
     if checkpoint:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)
@@ -55,7 +56,7 @@ def run_test_stage(
     x = datamodule.splits[2]
     ctx = Context(model, x, datamodule, cfg, "test", cfg.eval.num_samples, cfg.seed, run_dir)
     with torch.autocast(device.type, enabled=False):
-        metrics = pipeline.run(stages, ctx)
+        metrics = pipeline.run(stages, ctx, sink)
     if model.compiled_log_likelihood is not None:
         log.info("eval.compile: compiling took %.1f s (of the test stage)", model.compile_seconds)
     note = pipeline.not_run_note(stages, f"python -m vae_lab.evaluate run_dir={run_dir}")
