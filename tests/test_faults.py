@@ -346,7 +346,8 @@ def test_an_evaluation_holds_its_run_against_another_and_against_resuming(
     with open(run_dir / EVAL_LOCK) as held:  # its training resumed under an evaluation
         fcntl.flock(held, fcntl.LOCK_EX)
         before = snapshot(tmp_path)
-        status, err = invoke("run", [f"resume={run_dir}"], monkeypatch, capsys)
+        resume = [f"resume={run_dir}", "trainer.max_epochs=2"]  # completed: extended
+        status, err = invoke("run", resume, monkeypatch, capsys)
         assert status == 2, err[-2000:]
         assert f"error: {run_dir} is being evaluated by another process" in err
         assert f"resume it (python -m vae_lab.run resume={run_dir})" in err

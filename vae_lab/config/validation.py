@@ -43,6 +43,12 @@ SAMPLES_WITH_STDERR: Rule = (
     "an integer >= 2 (draws of an estimate: its stderr needs two)",
 )
 
+#: Lightning's max_epochs and max_steps: -1 lifts the limit, 0 would train nothing
+TRAINING_LIMIT: Rule = (
+    lambda v: _integer(v) and (v > 0 or v == -1),
+    "a positive integer, or -1 (no limit)",
+)
+
 
 def one_of(*allowed: Any) -> Rule:
     return (lambda v: v in allowed, "one of " + ", ".join(map(str, allowed)))
@@ -76,6 +82,12 @@ RUN_RULES: dict[str, Rule] = {
     "eval.chunk_size": optional((POSITIVE_INT[0], "a positive integer (samples drawn at once)")),
     "eval.compile": one_of(True, False),
     "eval.val_num_samples": SAMPLES_WITH_STDERR,
+    # a run that trains nothing would be recorded completed with the untrained model's figures
+    "trainer.max_epochs": optional(TRAINING_LIMIT),
+    "trainer.max_steps": TRAINING_LIMIT,
+    "trainer.limit_train_batches": optional(
+        (POSITIVE_NUMBER[0], "a positive number (of batches, or a fraction of them)")
+    ),
     "sample_quality.rendering": one_of("mean", "sample"),
     "sample_quality.max_images": optional(POSITIVE_INT),
     "sample_quality.nearest_k": POSITIVE_INT,

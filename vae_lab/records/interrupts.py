@@ -9,6 +9,7 @@ included) swallows, so a sweep stops, says how its jobs ended and exits non-zero
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,4 +61,5 @@ def catching_signals() -> Iterator[None]:
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"python -m vae_lab.run resume={run_dir}"
+    """The command that continues the run, quoted for a shell: a folder may hold spaces."""
+    return f"python -m vae_lab.run {shlex.quote(f'resume={run_dir}')}"

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from vae_lab.config.compose import compose_default, override_key
 from vae_lab.config.identity import config_hash, identity
@@ -85,13 +87,32 @@ def locate(run_dir: str | Path | None, ckpt_path: str | Path | None = None) -> l
     return runs
 
 
+def read_saved_config(run_dir: Path) -> DictConfig:
+    """The run's ``.hydra/config.yaml`` as written, its old ``_target_`` paths mapped to
+    today's; a file that is not a config (empty, cut short, not YAML) is one ``ConfigError``:
+    a resume or an evaluation of the folder cannot go on without it, and a traceback from
+    deep inside the YAML parser would not name the file."""
+    path = run_dir / HYDRA_DIR / "config.yaml"
+    try:
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig) or not loaded:
+            raise TypeError("empty, or not a mapping of the run's keys")
+        return upgraded(loaded)
+    except (OSError, TypeError, yaml.YAMLError, OmegaConfBaseException) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"{path} is not a run's config ({first_line}): restore it from the run's "
+            "checkpoint or its copy; nothing in the folder was changed"
+        ) from err
+
+
 def saved_config(
     run_dir: Path, request: DictConfig | None = None, overrides: Sequence[str] = ()
 ) -> DictConfig:
     """The run's saved config over today's defaults for its options (keys it predates), its
     old ``_target_`` paths mapped to today's, with the ``overrides`` on top, their values as
     Hydra composed and checked them in ``request``."""
-    saved = upgraded(OmegaConf.load(run_dir / HYDRA_DIR / "config.yaml"))
+    saved = read_saved_config(run_dir)
     try:
         choices = saved_choices(run_dir)
         base = compose_default([f"{g}={o}" for g, o in choices.items() if g in DEFAULTS_GROUPS])
@@ -186,9 +207,16 @@ def load_model(cfg: DictConfig, run: RunFolder, data_dim: int) -> VAE:
     model = VAE.from_config(cfg, data_dim)
     try:
         model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:  # weights of other shapes or names
+    except RuntimeError as err:  # weights of other shapes or names: Lightning lists every
+        # key, one a line; the first line and the counts say enough on one
         first_line = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{named}: {type(err).__name__}: {first_line}") from err
+        ours, theirs = model.state_dict(), checkpoint["state_dict"]
+        reshaped = [k for k in ours.keys() & theirs.keys()
+                    if getattr(theirs[k], "shape", None) != ours[k].shape]  # fmt: skip
+        counts = (f"{len(ours.keys() - theirs.keys())} missing, "
+                  f"{len(theirs.keys() - ours.keys())} unexpected, "
+                  f"{len(reshaped)} of another shape")  # fmt: skip
+        raise ConfigError(f"{named}: {type(err).__name__}: {first_line} ({counts})") from err
     return model.eval().requires_grad_(False)
 
 

@@ -23,8 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from vae_lab.config.compose import override_key
 from vae_lab.config.identity import choices_of, config_hash, identity
-from vae_lab.config.targets import upgraded
-from vae_lab.config.validation import ConfigError
+from vae_lab.config.validation import ConfigError, validate
 from vae_lab.records.interrupts import resume_command
 from vae_lab.records.outputs import (
     EVAL_LOCK,
@@ -37,7 +36,12 @@ from vae_lab.records.outputs import (
     without_evaluation,
     write_text,
 )
-from vae_lab.records.run_folder import check_trained_under, read_checkpoint, saved_config
+from vae_lab.records.run_folder import (
+    check_trained_under,
+    read_checkpoint,
+    read_saved_config,
+    saved_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +102,55 @@ def save_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
     write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
+def epochs_done(checkpoint: dict[str, Any]) -> int:
+    """The epochs a checkpoint has trained: its ``epoch`` is the one it was saved in, which
+    counts once Lightning's fit loop has processed it (a checkpoint saved as an epoch ends)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    processed = progress.get("current", {}).get("processed", 0)
+    return max(int(checkpoint.get("epoch", 0)), int(processed))
+
+
+def check_extends(
+    cfg: DictConfig, checkpoint: dict[str, Any], changes: list[str], status: Any, folder: Path
+) -> None:
+    """Refuse a resume that would train nothing from ``checkpoint``: Lightning errors on a
+    ``trainer.max_epochs`` below the epochs done and trains nothing at them, and either way
+    the finished run would be recorded again (failed, or completed with the same figures).
+    A ``trainer.max_epochs`` or ``trainer.max_steps`` given must go beyond what the
+    checkpoint did; a completed run must have room left under both, unless SLURM requeued
+    the job (it resumes its folder whatever its state). A run that ended otherwise (stopped
+    in its test stage) may resume at its limit: it trains nothing and is tested."""
+    done = {"trainer.max_epochs": (epochs_done(checkpoint), "epochs"),
+            "trainer.max_steps": (int(checkpoint.get("global_step", 0)), "steps")}  # fmt: skip
+    given = {override_key(o) for o in changes}
+    reached = []
+    for key, (did, unit) in done.items():
+        limit = OmegaConf.select(cfg, key)
+        if limit in (None, -1) or limit > did:
+            continue
+        if key in given:
+            raise ConfigError(
+                f"resume={folder}: {key}={limit} is not beyond the {did} {unit} the run has "
+                "done: give a larger one"
+            )
+        reached.append(f"{did} {unit}, {key}={limit}: extend it with {key}=N (N > {did})")
+    if reached and status == "completed" and not requeued():
+        raise ConfigError(f"resume={folder} is already completed ({reached[0]})")
+
+
 def resume_config(
     cfg: DictConfig, folder: Path, run_dir: Path, overrides: list[str]
 ) -> tuple[DictConfig, dict[str, Any]]:
     """The config to continue the run in ``folder`` with: its saved config, over today's
     defaults for keys it predates, with the ``EXTENDABLE`` overrides of this command line
     applied (and saved); the run's record, its overrides extended, less the figures of the
-    checkpoints training is about to replace (test/*, eval/*). A saved config naming code
-    outside vae_lab's components (``upgraded``), a last.ckpt that does not load as weights
-    only or was trained under another config (``check_trained_under``) is refused first."""
+    checkpoints training is about to replace (test/*, eval/*).
+
+    Every check comes before the first write, so a refused resume leaves the run as it was:
+    a saved config that is not one or names code outside vae_lab's components
+    (``upgraded``), a last.ckpt that does not load as weights only or was trained under
+    another config (``check_trained_under``), a resume that would train nothing
+    (``check_extends``). Only then is the evaluation retired and the config rewritten."""
     if folder.resolve() != run_dir.resolve():
         raise ConfigError(
             f"resume={folder} with hydra.run.dir={run_dir}: a run continues in its own folder, "
@@ -123,13 +167,15 @@ def resume_config(
             f"{bad[0]}: a resumed run keeps its saved config ({saved_path}); only "
             f"{', '.join(EXTENDABLE)} may change"
         )
-    saved = upgraded(OmegaConf.load(saved_path))
-    last = folder / "checkpoints" / "last.ckpt"
-    if last.is_file():  # refused before anything in the folder changes, training included
-        checkpoint = read_checkpoint(last, f"resume={folder}: {last} cannot be resumed from")
-        check_trained_under(checkpoint, last, folder)
+    saved = read_saved_config(folder)
+    runs_with = saved_config(folder, cfg, changes)
     record = {k: v for k, v in without_evaluation(read_metrics(folder)).items()
               if not k.startswith("test/")}  # fmt: skip
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        checkpoint = read_checkpoint(last, f"resume={folder}: {last} cannot be resumed from")
+        check_trained_under(checkpoint, last, folder)
+        check_extends(runs_with, checkpoint, changes, record.get("status"), folder)
     kept = None
     if rank_zero_only.rank == 0:  # not under an evaluation still writing (a run ever evaluated)
         then = f"resume it ({resume_command(folder)})"
@@ -146,7 +192,6 @@ def resume_config(
     for override in changes:
         key = override_key(override)
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-    runs_with = saved_config(folder, cfg, changes)
     if changes:
         record["overrides"] = [*record.get("overrides", []), *changes]
     if changes and rank_zero_only.rank == 0:  # the other processes of a DDP run only read
@@ -175,6 +220,8 @@ def prepare(
         if not last.exists():
             log.info("resuming, but %s does not exist: starting from scratch", last)
         return cfg, record, last if last.exists() else None
+    if not multirun:  # refused before the claim leaves a .hydra/; a sweep's job records it
+        validate(cfg)
     if rank_zero_only.rank == 0:  # the other processes of a DDP run share rank 0's folder
         claim(run_dir)
     choices = choices_of(HydraConfig.get().runtime.choices)
