@@ -121,12 +121,40 @@ def run_key(run: Run) -> tuple:
     )
 
 
+def malformed(metrics: Any) -> str | None:
+    """Why a parsed metrics.json cannot be reported, in one line; None when it can.
+
+    The report indexes the record by key and reads every ``split/name`` entry but
+    ``EVAL_SPLIT`` as a float, so a record that is not an object, or a metric that is not a
+    number (None, a number, or a string such as "nan" that parses as one), would stop the whole
+    report with a traceback instead of leaving out this one run.
+    """
+    if not isinstance(metrics, dict):
+        return f"not a JSON object but a {type(metrics).__name__}"
+    for key, value in metrics.items():
+        if "/" not in key or key == EVAL_SPLIT or value is None:
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return f"{key} is not a number: {json.dumps(value)[:60]}"
+    return None
+
+
 def read_run(path: Path) -> Run:
-    """The run of a metrics.json; an unreadable file becomes a run with status ``unreadable``."""
+    """The run of a metrics.json; an unreadable or malformed one (``malformed``) becomes a run
+    with status ``unreadable``, its ``error`` saying why and, where it names them, its options
+    and seed kept, so the report lists it and reports the other runs."""
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        metrics = {"status": "unreadable", "error": f"{type(err).__name__}: {err}"}
+        return Run(path.parent, {"status": "unreadable", "error": f"{type(err).__name__}: {err}"})
+    if (problem := malformed(metrics)) is not None:
+        named = metrics if isinstance(metrics, dict) else {}
+        kept = {
+            k: named[k] for k in (*RECORDED_GROUPS, "seed") if isinstance(named.get(k), str | int)
+        }
+        return Run(path.parent, {**kept, "status": "unreadable", "error": problem})
     return Run(folder=path.parent, metrics=metrics)
 
 

@@ -11,7 +11,10 @@ changes what it computes, and ``seed:N``; its config is the full resolved config
 
 W&B goes online when the user is logged in and its server answers within
 ``PROBE_TIMEOUT_S`` seconds, offline otherwise; a sweep finds the server unreachable once,
-says so in one line with the ``wandb sync`` command, and runs all its jobs offline.
+says so in one line with the ``wandb sync`` command, and runs all its jobs offline. A server
+that answers the probe may still fail or hang W&B's client: a run that W&B cannot start online
+within ``init_timeout`` seconds (``INIT_TIMEOUT_S``) goes offline the same way, as does a job
+whose ``WANDB_MODE`` W&B would reject (an empty one is unset), rather than fail untrained.
 
 The run's metrics.json keeps its W&B run's id and mode (``wandb_ids``), by which an evaluation
 adds its figures to that run (``log_to_wandb``).
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: seconds to wait for the W&B server before logging offline
 PROBE_TIMEOUT_S = 3.0
+#: seconds W&B's client may take to start a run online before the job logs offline instead:
+#: W&B's own default (90 s, retried) holds a job for minutes before it fails untrained
+INIT_TIMEOUT_S = 20.0
 #: in a sweep folder: the server was found unreachable, every job logs offline
 OFFLINE_MARK = ".wandb_offline"
 #: W&B's limit on the length of a tag
@@ -128,23 +134,32 @@ def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     return None
 
 
-def choose_mode(mode: str, save_dir: str, labels: RunLabels) -> str:
-    """online or offline; ``auto`` is online when logged in and the server answers. Going
-    offline for want of a server is said once (per sweep), with the command that uploads."""
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
-    if mode != "online":
-        if mode == "offline":
-            log.info(
-                "W&B is offline; upload later with: wandb sync %s/wandb/offline-run-*", save_dir
-            )
-        return mode
+def env_mode() -> str | None:
+    """``WANDB_MODE``, made one that W&B accepts, since W&B reads it at every start and rejects a
+    bad one with a traceback: an empty one is unset (removed), and one that W&B's settings reject
+    is said in one line and set to ``offline`` (so said once per process)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None or not mode.strip():
+        os.environ.pop("WANDB_MODE", None)
+        return None
+    import wandb
+
+    try:
+        wandb.Settings(mode=mode)
+    except ValueError:  # pydantic's ValidationError
+        print(
+            f"W&B: WANDB_MODE={mode!r} is not a W&B mode (online, offline, disabled); "
+            "logging offline",
+            file=sys.stderr,
+        )
+        os.environ["WANDB_MODE"] = mode = "offline"
+    return mode
+
+
+def go_offline(problem: str, save_dir: str, labels: RunLabels) -> str:
+    """Say in one line why the job logs offline, with the command that uploads, and mark a
+    sweep's folder so that its other jobs go offline at once instead of trying again."""
     mark = labels.folder / OFFLINE_MARK if labels.folder is not None else None
-    if mark is not None and mark.exists():
-        return "offline"
-    problem = server_reachable()
-    if problem is None:
-        return "online"
     runs = f"{labels.folder}/*" if mark is not None else save_dir
     print(
         f"W&B: {problem}; logging offline, upload later with: "
@@ -155,6 +170,30 @@ def choose_mode(mode: str, save_dir: str, labels: RunLabels) -> str:
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
     return "offline"
+
+
+def choose_mode(mode: str, save_dir: str, labels: RunLabels) -> str:
+    """online or offline; ``auto`` is online when logged in and the server answers. Going
+    offline for want of a server is said once (per sweep), with the command that uploads."""
+    if mode == "auto":
+        mode = env_mode() or ("online" if _wandb_logged_in() else "offline")
+    if mode != "online":
+        if mode == "offline":
+            log.info(
+                "W&B is offline; upload later with: wandb sync %s/wandb/offline-run-*", save_dir
+            )
+        return mode
+    mark = labels.folder / OFFLINE_MARK if labels.folder is not None else None
+    if mark is not None and mark.exists():
+        return "offline"
+    problem = server_reachable()
+    return "online" if problem is None else go_offline(problem, save_dir, labels)
+
+
+def start_failure(err: Exception) -> str:
+    """A failure of W&B's client to start a run, in one line (its message's first)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"W&B could not start the run online ({type(err).__name__}: {first[:160]})"
 
 
 def _wandb_logged_in() -> bool:
@@ -173,13 +212,18 @@ def wandb_logger(
     tags: list[str] | None = None,
     name: str | None = None,
     seed: int | None = None,
+    init_timeout: float = INIT_TIMEOUT_S,
 ) -> WandbLogger:
     """A Lightning WandbLogger; ``mode`` is online, offline or auto (online when logged in).
 
     ``group`` and ``name`` default to the job's (see the module docstring); ``tags`` are added
     to the job's own tags: posterior, prior, data, the other overrides and, given ``seed``,
-    the seed.
+    the seed. An online run is started here, bounded by ``init_timeout`` seconds, so that a
+    server that fails or hangs W&B's client sends the job offline instead of failing it.
     """
+    import wandb
+
+    env_mode()  # before W&B reads it, whatever ``mode`` is
     labels = hydra_labels(Path(save_dir))
     mode = choose_mode(mode, save_dir, labels)
     job_tags = [f"{g}:{labels.choices[g]}" for g in TAGGED_CHOICES if g in labels.choices]
@@ -189,16 +233,32 @@ def wandb_logger(
             job_tags.append(f"{key}:{value}"[:MAX_TAG])
     if seed is not None:
         job_tags.append(f"seed:{seed}")
-    return WandbLogger(
-        project=project,
-        save_dir=save_dir,
-        offline=mode == "offline",
-        group=group or labels.group,
-        job_type=job_type,
-        tags=[*job_tags, *(tags or [])],
-        name=name or labels.name,
-        config={"choices": labels.choices, "overrides": labels.overrides},
-    )
+
+    def logger(offline: bool) -> WandbLogger:
+        return WandbLogger(
+            project=project,
+            save_dir=save_dir,
+            offline=offline,
+            group=group or labels.group,
+            job_type=job_type,
+            tags=[*job_tags, *(tags or [])],
+            name=name or labels.name,
+            config={"choices": labels.choices, "overrides": labels.overrides},
+            settings=wandb.Settings(init_timeout=init_timeout),
+            # given, not only Lightning's WANDB_MODE: W&B has read the environment already where
+            # it failed to start online
+            **({"mode": "offline"} if offline else {}),
+        )
+
+    if mode != "online":
+        return logger(offline=mode == "offline")
+    online = logger(offline=False)
+    try:
+        online.experiment  # noqa: B018 -- starts the run (a dummy one on a rank > 0)
+    except Exception as err:  # any failure to start: W&B's errors, a timeout, a bad setting
+        go_offline(start_failure(err), save_dir, labels)
+        return logger(offline=True)
+    return online
 
 
 def finish_run(record: dict[str, Any]) -> None:
@@ -246,7 +306,8 @@ def log_to_wandb(
 ) -> None:
     """Add ``metrics`` to the summary of the run's own W&B run, resumed by the id its
     metrics.json (``record``) keeps, in the mode it ran in. A run that logged to W&B before
-    metrics.json kept the id is said in one line and left out of W&B."""
+    metrics.json kept the id is said in one line and left out of W&B; one that W&B cannot
+    resume online is added offline, said in one line."""
     run_id = record.get("wandb_id")
     if run_id is None:
         if logs_to_wandb(cfg):
@@ -257,13 +318,22 @@ def log_to_wandb(
         return
     import wandb
 
+    env_mode()
     logger = cfg.get("logger") or {}
-    wandb_run = wandb.init(
-        project=logger.get("project", "vae_lab"),
-        id=str(run_id),
-        dir=str(run_dir),
-        resume="allow",
-        mode=str(record.get("wandb_mode", "online")),
-    )
+    init = {
+        "project": logger.get("project", "vae_lab"),
+        "id": str(run_id),
+        "dir": str(run_dir),
+        "resume": "allow",
+        "settings": wandb.Settings(init_timeout=logger.get("init_timeout", INIT_TIMEOUT_S)),
+    }
+    mode = str(record.get("wandb_mode", "online"))
+    try:
+        wandb_run = wandb.init(**init, mode=mode)
+    except Exception as err:  # as in wandb_logger: an evaluation is not lost for want of W&B
+        if mode == "offline":
+            raise
+        go_offline(start_failure(err), str(run_dir), RunLabels())
+        wandb_run = wandb.init(**init, mode="offline")
     wandb_run.summary.update(metrics)
     wandb_run.finish()

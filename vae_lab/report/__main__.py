@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="run or sweep folder")
     parser.add_argument("--out", type=Path, help="where to write (default: the first DIR)")
     args = parser.parse_args(argv)
+    # the runs left out (write_report's warnings) are said on stderr, one line each
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
         written = write_report(args.folders, args.out)
     except NoRunsError as err:
