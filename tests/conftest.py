@@ -120,6 +120,15 @@ def classifier_spec(overrides: list[str]) -> ClassifierSpec:
 
 
 @pytest.fixture(autouse=True)
+def restore_threads() -> Iterator[None]:
+    """A run in this process sets torch's threads (``use_threads``): give the next test the
+    suite's own, so that no test inherits another's (more threads than cores thrash)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
     """An in-process Hydra app gives the root logger a handler on the test's captured stderr;
     take it away after the test, so later tests' output is not a logging error."""
