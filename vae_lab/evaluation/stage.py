@@ -97,8 +97,6 @@ class Stage:
     needs: ClassVar[tuple[str, ...]] = ()
     #: stages whose results it uses where they ran: it runs after them
     after: ClassVar[tuple[str, ...]] = ()
-    #: cheap enough for the end of every training run
-    cheap: ClassVar[bool] = False
 
     def check(self, cfg: DictConfig, datamodule: InMemoryDataModule) -> None:
         """Raise a ConfigError for a bad setting, before any stage does work."""

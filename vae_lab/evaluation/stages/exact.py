@@ -12,7 +12,6 @@ from vae_lab.evaluation.stage import Context, Stage, StageResult
 class Exact(Stage):
     name = "exact"
     summary = "the exact log p(x) of a pPCA model (model=linear, likelihood=gaussian)"
-    cheap = True
 
     def applies(self, ctx: Context) -> bool:
         return ppca_of(ctx.model) is not None

@@ -59,7 +59,6 @@ class IW(Stage):
     name = "iw"
     summary = "IW log p(x) of the encoder's q, the ELBO, KL, ESS, PSIS k-hat, active units"
     keys = ("eval.num_samples", "eval.chunk_size")
-    cheap = True
 
     def cost(self, ctx: Context) -> str:
         return f"K = {ctx.num_samples} importance samples for each of {len(ctx.x)} points"

@@ -15,7 +15,6 @@ class Refined(Stage):
     name = "refined"
     summary = "IW log p(x) and ELBO of the semi-amortized run's refined q"
     keys = ("eval.num_samples",)
-    cheap = True
 
     def applies(self, ctx: Context) -> bool:
         return ctx.model.objective.refines
