@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import vae_lab
 from vae_lab.training.threads import default_threads, oversubscribed, use_threads
 
 WARNING = "oversubscribed"
@@ -63,3 +66,14 @@ def test_one_warning_line_when_the_machine_is_busy(monkeypatch, caplog, load, wa
     assert len(said) == warnings
     assert all(WARNING in r.getMessage() and "num_threads=1" in r.getMessage() for r in said)
     assert "torch uses 2 threads" in caplog.text
+
+
+def test_importing_vae_lab_shortens_openmp_spinning_unless_set():
+    """Set before torch loads OpenMP; a value the user gave wins."""
+    code = "import os, vae_lab; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert ours.stdout.strip() == vae_lab.OPENMP_SPIN_COUNT
+    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "7"},
+                            capture_output=True, text=True)  # fmt: skip
+    assert theirs.stdout.strip() == "7"

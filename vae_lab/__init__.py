@@ -3,12 +3,24 @@
 The Python API (docs/python_api.md): ``vae_lab.load(RUN_DIR)`` gives a trained run's model,
 config, metrics and data; ``vae_lab.VAE`` is the model. Both are imported on first use, so that
 the command lines (``python -m vae_lab.run``) import nothing of them before they need it.
+
+Importing the package first sets ``GOMP_SPINCOUNT`` (unless it is set): the number of times an
+idle OpenMP thread of torch's CPU build polls for work before it sleeps. libgomp's default
+keeps it spinning for about a third of a millisecond, so jobs that share the cores (two runs
+started together, a sweep beside an evaluation) take each other's time spinning: two default
+runs on a 2-core machine took 9.5 times the wall time of one. A short spin costs a run alone a
+few percent (docs/speed.md). It must be set before torch loads OpenMP, hence here.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+#: OpenMP polls before an idle thread sleeps (see the module docstring)
+OPENMP_SPIN_COUNT = "3000"
+os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
 
 if TYPE_CHECKING:
     from vae_lab.model.module import VAE
