@@ -194,11 +194,13 @@ def flags_of(ctx: Context) -> list[str]:
 
 
 def requested(cfg: DictConfig, key: str) -> list[str]:
-    """The stage names of ``key`` (``eval.stages`` or ``eval.test_stages``), with the older
-    switches as aliases: ``eval.bdmc=true`` adds ``bdmc``, a non-empty ``eval.refit_prior``
-    adds ``refit``, each said in one line."""
+    """The stage names of ``key`` (``eval.stages`` or ``eval.test_stages``); for evaluate's
+    ``eval.stages``, with its older switches as aliases: ``eval.bdmc=true`` adds ``bdmc``, a
+    non-empty ``eval.refit_prior`` adds ``refit``, each said in one line."""
     names = OmegaConf.select(cfg, key)
     names = [names] if isinstance(names, str) else list(names or [])
+    if key != "eval.stages":
+        return names
     aliases = {"bdmc": bool(cfg.eval.get("bdmc")), "refit": bool(cfg.eval.get("refit_prior"))}
     for name, on in aliases.items():
         if on and name not in names:
