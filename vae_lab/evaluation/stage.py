@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from vae_lab.components.data import InMemoryDataModule
-from vae_lab.components.data.batches import stream_seed
+from vae_lab.components.data.batches import forked_rng, stream_seed
 from vae_lab.estimators.estimate import Figure
 from vae_lab.model.module import VAE
 
@@ -79,8 +79,7 @@ class Context:
     def seeded(self, stage: str, batch: int = 0) -> Iterator[None]:
         """Draw from the stream named (seed, stage, batch), leaving the caller's untouched:
         the figures of a checkpoint do not depend on which stages ran before."""
-        device = self.x.device
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        with forked_rng(self.x.device):
             torch.manual_seed(stream_seed(self.seed, stage, batch))
             yield
 

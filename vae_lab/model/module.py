@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from vae_lab.components.data.batches import stream_seed
+from vae_lab.components.data.batches import forked_rng, stream_seed
 from vae_lab.components.posteriors import PosteriorFamily
 from vae_lab.config.instantiate import component
 from vae_lab.config.targets import upgraded
@@ -353,7 +353,6 @@ class VAE(pl.LightningModule):
         """Draw from the stream of the stage's global batch (its index among all processes',
         ``vae_lab.components.data.batches``), leaving the training stream untouched."""
         global_batch = batch_idx * self.trainer.world_size + self.trainer.global_rank
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with forked_rng(self.device):
             torch.manual_seed(stream_seed(self.seed, stage, global_batch))
             yield

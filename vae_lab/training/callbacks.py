@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
+from vae_lab.components.data.batches import forked_rng
 from vae_lab.components.images import save_image_grid
 from vae_lab.model.module import VAE
 
@@ -73,7 +74,7 @@ class ImageGrids(pl.Callback):
             return
         width = trainer.datamodule.image_shape[-1]  # [N, X] -> [N, X / width, width]
         device = pl_module.device
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        with forked_rng(device):
             grids = self.grids(trainer, pl_module)
         for name, images in grids.items():
             path = Path(trainer.default_root_dir) / name

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
@@ -37,6 +38,12 @@ def stream_seed(*parts: int | str) -> int:
     """A 64-bit generator seed for the random stream named by ``parts``, e.g. (seed, epoch)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little")
+
+
+def forked_rng(device: torch.device) -> AbstractContextManager:
+    """torch's random streams of the CPU and of ``device`` restored as they were after the
+    block: draws inside it (a test stream, an image grid) leave the training stream alone."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
 
 class BatchOrder:

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vae_lab.components.data import InMemoryDataModule
+from vae_lab.components.data.batches import forked_rng
 from vae_lab.evaluation.sample_quality.classifier import (
     ClassifierSpec,
     FeatureClassifier,
@@ -142,8 +143,7 @@ def score(
     """Sample metrics of the model (its prior, or ``sample_z``) against ``references``, the
     reconstructions encoding ``inputs``; draws seeded with ``seed`` (a forked random stream)."""
     metrics.reset()
-    devices = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.autocast(inputs.device.type, enabled=False):
+    with forked_rng(inputs.device), torch.autocast(inputs.device.type, enabled=False):
         torch.manual_seed(seed)
         pairs = zip(inputs.split(batch_size), references.split(batch_size), strict=True)
         total = -(-len(inputs) // batch_size)

@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
 from vae_lab.estimators.elbo import IWEstimate, kl_estimate
@@ -67,7 +66,6 @@ class IW(Stage):
         model, x, k, chunk = ctx.model, ctx.x, ctx.num_samples, ctx.chunk_size
         kl, units = MeanEstimate().to(x.device), ActiveUnits(model.posterior.latent_dim)
         units = units.to(x.device)
-        thetas: list[Tensor] = []
 
         def estimate_of(rows: slice) -> IWEstimate:
             with torch.autocast(x.device.type, enabled=False):
@@ -76,7 +74,6 @@ class IW(Stage):
                 kl.update(kl_estimate(q, model.p_z(), k, chunk))
                 estimate = model.iw_estimate(x[rows].float(), k, chunk, theta=theta)
             units.update(estimate.z_mean)
-            thetas.append(theta)
             return estimate
 
         result = iw_result(ctx, estimate_of, "", "IW")

@@ -32,6 +32,7 @@ from vae_lab.estimators.gaps import (
     FALLBACK_START_STEPS,
     QStarFit,
     QStarSettings,
+    RowsLogLikelihood,
     fit_qstar,
     mean_moved_theta,
     moment_matched_theta,
@@ -109,6 +110,11 @@ def settings_of(cfg: DictConfig) -> QStarSettings:
     )  # fmt: skip
 
 
+def rows_of(model: VAE, points: Tensor) -> RowsLogLikelihood:
+    """Row indices of ``points`` -> their log p(x|z), as q*'s fit takes it."""
+    return lambda rows: model.log_likelihood(points[rows])
+
+
 def fit(
     model: VAE, family: PosteriorFamily, points: Tensor, settings: QStarSettings, init: str
 ) -> QStarFit:
@@ -127,8 +133,7 @@ def fit(
             moved = mean_moved_theta(theta0, near_q, family.latent_dim)
             candidates = [near_q, theta0, moved]
             theta0 = qstar_start(family, prior, model.log_likelihood(points), candidates)
-    rows = lambda r: model.log_likelihood(points[r])  # noqa: E731
-    return fit_qstar(family, prior, rows, theta0, settings, progress=True)
+    return fit_qstar(family, prior, rows_of(model, points), theta0, settings, progress=True)
 
 
 class QStar(Stage):
@@ -165,7 +170,7 @@ class QStar(Stage):
                     f"_qstar{suffix}",
                     f"IW from q*{suffix}",
                 )
-                rows = lambda r: model.log_likelihood(x[r])  # noqa: E731
+                rows = rows_of(model, x)
                 residual = qstar_residual(family, prior, rows, found, settings, k, chunk).figure()
             result.figures |= part.figures
             result.values |= part.values
