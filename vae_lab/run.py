@@ -36,7 +36,7 @@ from vae_lab.records.csv_logger import CSVLogger
 from vae_lab.records.interrupts import Interrupted, catching_signals, received, resume_command
 from vae_lab.records.outputs import METRICS_FILE, run_lock, write_json
 from vae_lab.records.run_store import prepare, summary_line, with_resume_folder
-from vae_lab.records.sweep import log_sweep_summary
+from vae_lab.records.sweep import catches_launcher_errors, launcher_stopped, log_sweep_summary
 from vae_lab.records.tracking import finish_run, wandb_ids
 from vae_lab.training.build import StepTimer, build_datamodule, build_logger, build_trainer
 from vae_lab.training.threads import use_threads
@@ -61,7 +61,7 @@ def train_and_test(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     stages = stages_for_test(cfg, datamodule)
-    model = VAE.from_config(cfg, datamodule.data_dim)
+    model = VAE.from_config(cfg, datamodule.data_dim, datamodule.image_shape)
     logger = build_logger(cfg, run_dir)
     if ids := wandb_ids(logger):
         record |= ids
@@ -173,7 +173,8 @@ def app(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def main() -> None:
-    """The command line: Hydra's app, with interruptions turned into exit status 128 + signal."""
+    """The command line: Hydra's app, with interruptions turned into exit status 128 + signal
+    and a sweep's launcher failure into one line and the sweep summary."""
     sys.argv = with_resume_folder(sys.argv)
     try:
         app()
@@ -186,6 +187,10 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(stop.exit_status)
+    except Exception as err:  # a sweep's launcher, after a job's process died
+        if not catches_launcher_errors():
+            raise
+        sys.exit(launcher_stopped(err))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,26 @@ Registered in ``conf/config.yaml`` under ``hydra.callbacks``. Each job records i
 and the sweep goes on; once all jobs are done, the process exits with status 1 if any failed,
 so a script or CI notices. A sweep stopped by a signal (``vae_lab.run.main``) logs the same
 line, with the jobs not started, before it exits with 128 + signal.
+
+A job whose process is killed outright (SIGKILL, the out-of-memory killer) cannot record how
+it ended; its metrics.json keeps ``status: running`` but no process holds its writer lock any
+more, and the summary counts it as ``killed``. Such a death also stops the launcher (joblib's
+``TerminatedWorkerError``, submitit's ``UncompletedJobError``). Hydra would print the
+launcher's traceback; during a sweep ``HYDRA_FULL_ERROR`` is set (unless the user set it) so
+that the exception reaches ``vae_lab.run.main`` instead, which hands it to
+``launcher_stopped``: one line naming the failure, a wait for the jobs still training (each
+submitit or SLURM job is a process of its own, which goes on), then the summary.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vae_lab.records.collect import NoRunsError, find_runs, status_counts, with_status
-from vae_lab.records.outputs import METRICS_FILE
+from vae_lab.records.outputs import METRICS_FILE, held_by_another
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +42,10 @@ CLOSING = {"[": "]", "{": "}", "(": ")"}
 CALL = re.compile(r"\s*([A-Za-z_][\w.]*)\s*\((.*)\)\s*", re.DOTALL)
 
 _expected_jobs: list[int] = []  # the job count of the sweep this process runs, once known
+_sweep_dir: list[Path] = []  # the folder of the sweep this process runs, once started
+_catching: list[bool] = []  # whether HYDRA_FULL_ERROR was set here, for launcher_stopped
+#: seconds between two looks at the jobs still training after the launcher stopped
+POLL_S = 2.0
 
 
 def split_top_level(value: str) -> list[str]:
@@ -90,12 +106,24 @@ def expected_jobs(config: DictConfig) -> int:
     return math.prod(count_values(value) for value in params.values())
 
 
-def log_sweep_summary(sweep_dir: Path) -> list[Any]:
-    """Log how the jobs under ``sweep_dir`` ended (and how many never started); the runs."""
+def sweep_runs(sweep_dir: Path) -> list[Any]:
+    """The runs under ``sweep_dir``; a run left ``running`` whose writer lock no process holds
+    any more (its process was killed) has status ``killed``."""
     try:
         runs = find_runs([sweep_dir])
     except NoRunsError:
-        runs = []
+        return []
+    return [
+        replace(run, metrics={**run.metrics, "status": "killed"})
+        if run.status == "running" and not held_by_another(run.folder)
+        else run
+        for run in runs
+    ]
+
+
+def log_sweep_summary(sweep_dir: Path) -> list[Any]:
+    """Log how the jobs under ``sweep_dir`` ended (and how many never started); the runs."""
+    runs = sweep_runs(sweep_dir)
     counts = status_counts(runs) if runs else "no job recorded"
     if _expected_jobs and _expected_jobs[0] > len(runs):
         counts += f", {_expected_jobs[0] - len(runs)} not started"
@@ -103,9 +131,35 @@ def log_sweep_summary(sweep_dir: Path) -> list[Any]:
     return runs
 
 
+def catches_launcher_errors() -> bool:
+    """Whether an exception out of Hydra is the sweep launcher's, for ``launcher_stopped``
+    (not where the user set ``HYDRA_FULL_ERROR`` to see tracebacks)."""
+    return bool(_catching)
+
+
+def launcher_stopped(err: Exception) -> int:
+    """After the launcher raised ``err`` (a job's process died): one line, a wait for the jobs
+    still training, the sweep summary; the exit status, 1."""
+    first = "".join(str(err).strip().splitlines()[:1])
+    print(f"error: the sweep's launcher stopped: {type(err).__name__}: {first} "
+          "(HYDRA_FULL_ERROR=1 shows its traceback)", file=sys.stderr)  # fmt: skip
+    waited: set[Path] = set()
+    while training := {run.folder for run in sweep_runs(_sweep_dir[0]) if run.status == "running"}:
+        if training != waited:
+            log.info("waiting for the job(s) still training: %s", ", ".join(map(str, training)))
+            waited = training
+        time.sleep(POLL_S)
+    log_sweep_summary(_sweep_dir[0])
+    return 1
+
+
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        _sweep_dir[:] = [sweep_dir]
+        if "HYDRA_FULL_ERROR" not in os.environ:  # the launcher's failure: launcher_stopped
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            _catching[:] = [True]
         if sweep_dir.is_dir() and next(sweep_dir.rglob(METRICS_FILE), None) is not None:
             print(
                 f"error: {sweep_dir} already holds the runs of another sweep: a sweep folder "

@@ -1,5 +1,5 @@
 """Deliberate faults, to check how a run or a sweep meets them: ``+fault=nan_loss``,
-``+fault=sigterm``."""
+``+fault=sigterm``, ``+fault=sigkill``."""
 
 from __future__ import annotations
 

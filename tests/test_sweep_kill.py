@@ -1,0 +1,53 @@
+"""A job of a sweep killed outright (SIGKILL, ``+fault=sigkill``): the sweep ends with one line
+naming the launcher's failure and the summary, never a traceback, and exit status 1.
+
+Under submitit (the SLURM path) every job is a process of its own: the healthy job beside the
+killed one completes, and the summary counts both. Under joblib a dead worker stops the whole
+pool (loky), so the healthy job stops too; the summary still says how each ended.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.test_sweeps import job_metrics, run_sweep
+
+LAUNCHER_STOPPED = "error: the sweep's launcher stopped: "
+SUMMARY = re.compile(r"sweep \S+: (.+); report: python -m vae_lab.report")
+
+
+def one_line_and_summary(result) -> str:
+    """The counts of the sweep summary, after checking the exit status and the one line."""
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(LAUNCHER_STOPPED), result.stderr[-2000:]
+    summary = SUMMARY.search(result.stdout)
+    assert summary is not None, result.stdout[-2000:]
+    return summary[1]
+
+
+@pytest.mark.slow
+def test_submitit_isolates_a_killed_job_and_summarises_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(
+        sweep_dir,
+        "+fault=sigkill,none",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+    )
+    assert one_line_and_summary(result) == "1 completed, 1 killed"
+    killed, healthy = job_metrics(sweep_dir)
+    assert killed["status"] == "running"  # the record it could not finish: the summary reads it
+    assert healthy["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_joblib_stops_with_one_line_and_the_summary(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(sweep_dir, "+fault=sigkill,none", "hydra.launcher.n_jobs=2",
+                       "hydra/launcher=joblib", threads=None)  # fmt: skip
+    assert "1 killed" in one_line_and_summary(result) or "2 killed" in one_line_and_summary(result)
