@@ -3,6 +3,10 @@
 Both return an ``Independent`` distribution whose event is one flattened datapoint, so
 ``log_prob(x)`` sums over pixels and broadcasts over leading sample dimensions of z.
 
+Each says what data it models: ``binary_data`` (the data module binarises grey levels for it)
+and ``grey_levels`` (the levels k/(L-1) its log_prob is a probability of, None for a density or
+for binary data; the data module refuses data off that grid).
+
 They are built without argument validation: ``log_prob`` is the hot path of training and of
 the IW estimate (logits of shape [S, B, X], e.g. 39M values per chunk on MNIST), where
 checking the support of x broadcast to that shape costs as much as the density itself. A
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent
 
+from vae_lab.components.discretized_logistic import LEVELS, DiscretizedLogistic
 from vae_lab.components.normal import DiagonalNormal
 
 
@@ -108,6 +113,7 @@ class BernoulliLikelihood(nn.Module):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(l_i)), l = decoder(z): logits. For binary data."""
 
     binary_data = True
+    grey_levels: int | None = None
 
     def __init__(self, data_dim: int) -> None:
         super().__init__()
@@ -129,6 +135,7 @@ class GaussianLikelihood(nn.Module):
     """
 
     binary_data = False
+    grey_levels: int | None = None
 
     def __init__(
         self, data_dim: int, scale: float = 1.0, learn_scale: bool = True, min_scale: float = 1e-3
@@ -151,3 +158,41 @@ class GaussianLikelihood(nn.Module):
 
     def mean(self, decoded: Tensor) -> Tensor:
         return decoded
+
+
+class DiscretizedLogisticLikelihood(nn.Module):
+    """p(x|z) = prod_i DiscretizedLogistic(x_i; mu_i(z), s_i), mu = decoder(z), for 8-bit grey
+    levels x = k/255 (``vae_lab.components.discretized_logistic``; Kingma et al. 2016, Salimans
+    et al. 2017): log p(x|z) is a log-probability of the pixel values, so -log p(x) / (D ln 2)
+    is in bits per dimension.
+
+    The log-scale is learned, not decoded: one per pixel (``per_pixel_scale``) or one shared,
+    starting at ``scale`` and kept above ``min_scale`` (a smaller s only sharpens the bins,
+    whose probabilities stay at most 1, but 1/s must stay finite).
+    """
+
+    binary_data = False
+    grey_levels: int | None = LEVELS
+
+    def __init__(
+        self,
+        data_dim: int,
+        scale: float = 0.1,
+        per_pixel_scale: bool = True,
+        min_scale: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.data_dim = data_dim
+        self.min_scale = min_scale
+        shape = (data_dim,) if per_pixel_scale else ()
+        self.log_scale = nn.Parameter(torch.full(shape, math.log(scale)))
+
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.exp().clamp_min(self.min_scale)
+
+    def forward(self, decoded: Tensor) -> Distribution:
+        return DiscretizedLogistic(decoded, self.scale)
+
+    def mean(self, decoded: Tensor) -> Tensor:
+        return DiscretizedLogistic(decoded, self.scale).mean

@@ -21,9 +21,11 @@ from vae_lab.config.validation import ConfigError
 
 
 def build_datamodule(cfg: DictConfig) -> InMemoryDataModule:
-    """The dataset, binarised exactly when the likelihood models binary data."""
-    binary = get_class(cfg.likelihood._target_).binary_data
-    return component(cfg.data, "data", binarize=binary, seed=cfg.seed)
+    """The dataset, binarised exactly when the likelihood models binary data, and checked
+    against the grid of grey levels a discrete likelihood needs."""
+    likelihood = get_class(cfg.likelihood._target_)
+    return component(cfg.data, "data", binarize=likelihood.binary_data,
+                     grey_levels=likelihood.grey_levels, seed=cfg.seed)  # fmt: skip
 
 
 def build_logger(cfg: DictConfig, run_dir: Path) -> pl.loggers.Logger | None:

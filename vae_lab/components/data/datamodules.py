@@ -4,7 +4,9 @@ Images are flattened to vectors in [0, 1]. With a Bernoulli likelihood (``binari
 grey-level datasets are binarised: the training set afresh at every batch, on the device,
 x ~ Bernoulli(pixel) (dynamic binarisation, Salakhutdinov & Murray 2008), and the validation
 and test sets once with the fixed ``binarize_seed`` so that every evaluation sees the same
-binary images. With a Gaussian likelihood images stay grey-level.
+binary images. With a Gaussian or discretized logistic likelihood images stay grey-level; a
+likelihood of discrete grey levels (``grey_levels``: 256 for the discretized logistic) takes
+only data whose values lie on its grid k/(L-1), which ``setup`` checks in one line.
 """
 
 from __future__ import annotations
@@ -29,11 +31,23 @@ def binarize(p: Tensor) -> Tensor:
     return (torch.rand_like(p) < p).to(p.dtype)
 
 
-class InMemoryDataModule(pl.LightningDataModule):
-    """Train/val/test tensors [N, X] in [0, 1]; subclasses say how to load them."""
+def levels_text(levels: int | None) -> str:
+    if levels is None:
+        return "real values"
+    return "binary values" if levels == 2 else f"{levels} grey levels k/{levels - 1}"
 
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Train/val/test tensors [N, X] in [0, 1]; subclasses say how to load them.
+
+    ``pixel_levels`` is the number of levels L of the values k/(L-1) the data take (None: real
+    values); ``grey_levels``, the grid a likelihood of discrete levels needs (None: any data).
+    """
+
+    name = "this dataset"
     image_shape: tuple[int, ...]
     already_binary = False
+    pixel_levels: int | None = None
 
     def __init__(
         self,
@@ -42,6 +56,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         binarize: bool = True,
         binarize_seed: int = 0,
         seed: int = 0,
+        grey_levels: int | None = None,
     ) -> None:
         super().__init__()
         require("batch_size", batch_size, POSITIVE_INT)
@@ -51,6 +66,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.binarize = binarize and not self.already_binary
         self.binarize_seed = binarize_seed
         self.seed = seed
+        self.grey_levels = grey_levels
         self.splits: Splits | None = None
 
     @property
@@ -68,6 +84,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return
         train, val, test = self.load_splits()
+        self.check_levels()
         if not (len(train) and len(val) and len(test)):
             raise ConfigError(
                 f"the data has {len(train)} training, {len(val)} validation and {len(test)} test "
@@ -80,6 +97,18 @@ class InMemoryDataModule(pl.LightningDataModule):
             test = torch.bernoulli(test, generator=generator)
         device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
         self.splits = tuple(s.float().to(device) for s in (train, val, test))
+
+    def check_levels(self) -> None:
+        """A ConfigError unless the data's values lie on the likelihood's grid k/(L-1): L - 1
+        a multiple of the data's own L - 1 (binary data lie on every grid)."""
+        need, have = self.grey_levels, self.pixel_levels
+        if need is None or (have is not None and (need - 1) % (have - 1) == 0):
+            return
+        raise ConfigError(
+            f"the likelihood models {levels_text(need)}, but data={self.name} holds "
+            f"{levels_text(have)}: use likelihood=bernoulli or likelihood=gaussian, or 8-bit "
+            "data (data=mnist, fashion_mnist, omniglot, images)"
+        )
 
     def _batches(self, data: Tensor, batch_size: int, shuffle: bool) -> TensorBatches:
         rank, world = (0, 1)
@@ -106,7 +135,9 @@ class InMemoryDataModule(pl.LightningDataModule):
 class Digits(InMemoryDataModule):
     """scikit-learn's 1,797 8x8 handwritten digits (no download), split with ``split_seed``."""
 
+    name = "digits"
     image_shape = (8, 8)
+    pixel_levels = 17  # values 0..16
 
     def __init__(
         self, val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0, **kwargs
@@ -234,6 +265,7 @@ class IDXImages(FileDataModule):
     ``60000 - val_size`` for training and the last ``val_size`` for validation; 10,000 test."""
 
     image_shape = (28, 28)
+    pixel_levels = 256
 
     def __init__(self, name: str = "mnist", val_size: int = 10000, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -284,8 +316,10 @@ class BinarizedMNIST(FileDataModule):
     """The fixed binarisation of Larochelle & Murray (2011): 50,000 / 10,000 / 10,000 images,
     text files of 784 space-separated 0/1 values per line."""
 
+    name = "binarized_mnist"
     image_shape = (28, 28)
     already_binary = True
+    pixel_levels = 2
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -24,6 +24,8 @@ class LinearGaussian(InMemoryDataModule):
     The data are real-valued: they need ``likelihood=gaussian``.
     """
 
+    name = "linear_gaussian"
+
     def __init__(
         self,
         data_dim: int = 8,
