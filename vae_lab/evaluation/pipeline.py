@@ -29,6 +29,7 @@ from vae_lab.components.data import InMemoryDataModule
 from vae_lab.config.validation import ConfigError
 from vae_lab.estimators.gaps import gap_split, warn_if_residual_matters
 from vae_lab.evaluation import stages as stages_package
+from vae_lab.evaluation.bits_per_dim import add_bits_per_dim
 from vae_lab.evaluation.stage import Context, Stage, StageResult
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,14 @@ def run(stages: Sequence[Stage], ctx: Context, sink: Sink | None = None) -> dict
         log.info("%s: %s", stage.name, stage.cost(ctx))
         start = time.perf_counter()
         result = stage.run(ctx)
+        add_bits_per_dim(result, ctx)
         result.values[f"time_{stage.name}_s"] = time.perf_counter() - start
         ctx.results[stage.name] = result
         metrics |= result.metrics(ctx.prefix)
         if sink is not None:
             sink(result.metrics(ctx.prefix), result.chosen)
     conclusion = conclude(ctx)
+    add_bits_per_dim(conclusion, ctx)
     ctx.results["conclusion"] = conclusion
     metrics |= conclusion.metrics(ctx.prefix)
     if sink is not None:
@@ -179,6 +182,8 @@ def headline(metrics: dict[str, float], chosen: dict[str, Any], flags: Sequence[
         lines.append(f"log p(x)  {fig('log_px_best')} nats, by {chosen['log_px_best']}{flag}")
     elif "eval/log_px" in metrics:
         lines.append(f"log p(x)  {fig('log_px')} nats, by IW")
+    if "eval/bits_per_dim" in metrics:
+        lines.append(f"bits/dim  {fig('bits_per_dim')}")
     if "eval/log_px_exact" in metrics:
         lines.append(f"exact     {metrics['eval/log_px_exact']:.3f} nats (pPCA closed form)")
     lines.append(f"ELBO      {fig('elbo')}")

@@ -32,6 +32,8 @@ METRICS = (
     ("test/elbo", "ELBO"),
     ("test/log_px", "log p(x)"),
     ("test/log_px_stderr", "stderr"),  # the IW estimate's Monte Carlo standard error
+    ("test/bits_per_dim", "bits/dim"),  # the twin of log p(x) under a grey-level likelihood
+    ("eval/bits_per_dim", "bits/dim, best"),  # the twin of evaluate's best log p(x)
     ("test/psis_khat", "k̂"),  # above 0.7 the IW estimate of log p(x) is unreliable
     ("test/inference_gap", "inference gap"),
     ("eval/approximation_gap", "approximation gap"),
