@@ -8,14 +8,18 @@ from vae_lab.components.data.datamodules import (
     binarize,
 )
 from vae_lab.components.data.files import DataFileError
+from vae_lab.components.data.images import Images
 from vae_lab.components.data.linear_gaussian import LinearGaussian
+from vae_lab.components.data.omniglot import Omniglot
 
 __all__ = [
     "BinarizedMNIST",
     "DataFileError",
     "Digits",
     "IDXImages",
+    "Images",
     "InMemoryDataModule",
     "LinearGaussian",
+    "Omniglot",
     "binarize",
 ]

@@ -1,8 +1,9 @@
 """Dataset files: found under ``data.root``, downloaded on request, always verified.
 
-Files are laid out as ``<root>/<dataset>/<file>`` with the originals' names. Each file's
+Files are laid out as ``<root>/<dataset>/<file>`` with the originals' names. A ``.gz`` file's
 SHA-256 is taken over its decompressed content, so a file compressed locally (the Larochelle
-``.amat`` files are served uncompressed) checks against the same digest as the original.
+``.amat`` files are served uncompressed) checks against the same digest as the original; any
+other file's (Omniglot's ``.zip``) over its bytes.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ class DataFileError(RuntimeError):
 @dataclass(frozen=True)
 class RemoteFile:
     dataset: str  # sub-folder of data.root
-    name: str  # file name in that folder (gzip-compressed)
+    name: str  # file name in that folder (gzip-compressed where it ends in .gz)
     url: str  # canonical source; may serve the file uncompressed
-    sha256: str  # of the decompressed content
+    sha256: str  # of the content (a .gz file's decompressed)
 
 
 def default_root() -> Path:
@@ -50,7 +51,7 @@ def _read_verified(path: Path, file: RemoteFile) -> bytes:
     except OSError as err:
         raise _unreadable(path, err) from err
     try:
-        content = gzip.decompress(raw)
+        content = gzip.decompress(raw) if file.name.endswith(".gz") else raw
     except (OSError, EOFError, zlib.error) as err:
         raise DataFileError(
             f"{path} is corrupt ({type(err).__name__}: {err}): delete it and set "
@@ -88,7 +89,7 @@ def _download(file: RemoteFile, path: Path, mirror: str | None) -> None:
             hint = " (data.mirror must be a URL: http://HOST/PATH)" if mirror else ""
             raise DataFileError(f"could not download {url}: {err}{hint}") from err
     raw = Path(tmp.name).read_bytes()
-    if raw[:2] != b"\x1f\x8b":  # served uncompressed: store it compressed
+    if file.name.endswith(".gz") and raw[:2] != b"\x1f\x8b":  # served uncompressed: compress
         Path(tmp.name).write_bytes(gzip.compress(raw, mtime=0))
     try:
         _read_verified(Path(tmp.name), file)

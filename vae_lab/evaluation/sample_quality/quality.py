@@ -76,10 +76,12 @@ class SampleQuality:
     def classifier_for(
         self, datamodule: InMemoryDataModule
     ) -> tuple[FeatureClassifier, dict[str, Any]] | None:
-        """The cached classifier scoring this dataset, and its record; None without images."""
+        """The cached classifier scoring this dataset, and its record; None for a dataset whose
+        class labels are not read (linear_gaussian, data=images, omniglot)."""
         source = classifier_source(datamodule)
         if source is None:
-            log.info("sample quality: %s has no images to score", type(datamodule).__name__)
+            log.info("sample quality: skipped, no class labels of %s are read to train the "
+                     "feature classifier on", type(datamodule).__name__)  # fmt: skip
             return None
         classifier, record = cached_classifier(source, self.classifier)
         log.info(

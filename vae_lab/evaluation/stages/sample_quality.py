@@ -7,7 +7,8 @@ per dataset:
     classifier_accuracy, sample_quality_images
 
 and ``log_codes``, the mean log-density under the prior of held-out codes z ~ q(z|x) of the
-validation split. A dataset without images (linear_gaussian) is skipped with one line.
+validation split. A dataset whose class labels are not read, so that no classifier is
+trained on it (linear_gaussian, data=images, omniglot), is skipped with one line.
 """
 
 from __future__ import annotations
