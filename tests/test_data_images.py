@@ -62,6 +62,20 @@ def test_a_colour_folder_is_channel_first(tmp_path):
     assert np.array_equal(first, pixels.transpose(2, 0, 1))
 
 
+def test_a_folder_mixing_grey_and_colour_is_colour(tmp_path):
+    write_folder(tmp_path, 2, size=(3, 2), mode="RGB")
+    grey = RNG.integers(0, 256, (3, 2), dtype=np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "zzz.png")  # last in path order
+    images = Images(str(tmp_path)).arrays()["train"]
+    assert images.shape == (3, 3, 3, 2) and all(np.array_equal(c, grey) for c in images[2])
+
+
+def test_a_16_bit_image_is_named(tmp_path):
+    Image.fromarray(np.full((4, 4), 4000, np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(DataFileError, match="deep.png is a I;16 image: only 8-bit images"):
+        Images(str(tmp_path)).arrays()
+
+
 def test_mixed_sizes_name_both_files(tmp_path):
     write_folder(tmp_path, 3)
     Image.fromarray(np.zeros((7, 5), np.uint8)).save(tmp_path / "odd.png")
