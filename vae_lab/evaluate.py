@@ -75,7 +75,7 @@ def evaluate_run(run: RunFolder, request: DictConfig, overrides: list[str]) -> d
     datamodule.prepare_data()
     datamodule.setup()
     pipeline.check(stages, cfg, datamodule)
-    model = load_model(cfg, run, datamodule.data_dim)
+    model = load_model(cfg, run, datamodule.data_dim, datamodule.image_shape)
     if cfg.eval.compile:
         model.compile_estimates()
     device = eval_device(cfg.eval.device)

@@ -16,8 +16,9 @@ resumed run continues the same random stream.
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -115,14 +116,20 @@ class VAE(pl.LightningModule):
 
     # -- built from a config, loaded from a checkpoint ---------------------------------------
     @classmethod
-    def from_config(cls, cfg: DictConfig, data_dim: int) -> VAE:
-        """The VAE of a run's config for data of ``data_dim`` values; an objective the
+    def from_config(
+        cls, cfg: DictConfig, data_dim: int, image_shape: Sequence[int] | None = None
+    ) -> VAE:
+        """The VAE of a run's config for data of ``data_dim`` values, each the flattened image
+        of ``image_shape`` (the datamodule's; None: flat data, shape (data_dim,)), which the
+        ``model`` option is built for (``vae_lab.components.networks``); an objective the
         posterior family cannot train is refused here, before training (a run made before the
         ``objective`` group trains with the ELBO)."""
-        nets = component(cfg.model, "model", data_dim=data_dim, latent_dim=cfg.latent_dim)
-        posterior = component(
-            cfg.posterior, "posterior", feature_dim=nets.feature_dim, latent_dim=cfg.latent_dim
-        )
+        data_shape = tuple(image_shape or (data_dim,))
+        if math.prod(data_shape) != data_dim:
+            raise ConfigError(f"image_shape={data_shape} does not hold data_dim={data_dim} values")
+        nets = component(cfg.model, "model", data_shape=data_shape, latent_dim=cfg.latent_dim)
+        posterior = nets.posterior(partial(component, cfg.posterior, "posterior"))
+        prior = nets.prior(partial(component, cfg.prior, "prior", data_dim=data_dim))
         objective = component(cfg.objective, "objective") if cfg.get("objective") else None
         if objective is not None:
             objective.check(posterior)
@@ -131,7 +138,7 @@ class VAE(pl.LightningModule):
             encoder=nets.encoder,
             decoder=nets.decoder,
             posterior=posterior,
-            prior=component(cfg.prior, "prior", latent_dim=cfg.latent_dim, data_dim=data_dim),
+            prior=prior,
             likelihood=component(cfg.likelihood, "likelihood", data_dim=data_dim),
             optimizer=build_optimizer(cfg),
             objective=objective,
@@ -149,7 +156,8 @@ class VAE(pl.LightningModule):
         """The trained VAE of a checkpoint, in eval mode on ``map_location`` (default: the CPU).
 
         The module takes built components, not hyperparameters Lightning could pass back to
-        it, so it is rebuilt (``from_config``) from the resolved config and data dimension the
+        it, so it is rebuilt (``from_config``) from the resolved config, data dimension and image
+        shape (absent from a checkpoint written before vae_lab stored it: flat data) the
         checkpoint carries (``checkpoint["vae_lab"]``, written by
         ``vae_lab.training.build.RunStamp``), old ``_target_`` paths mapped to today's and any
         ``_target_`` outside vae_lab's components refused before anything is built
@@ -166,7 +174,8 @@ class VAE(pl.LightningModule):
                 "stored it there): load its run with vae_lab.load(RUN_DIR), which reads the "
                 "run folder's .hydra/config.yaml"
             )
-        model = cls.from_config(upgraded(OmegaConf.create(stamp["config"])), stamp["data_dim"])
+        cfg = upgraded(OmegaConf.create(stamp["config"]))
+        model = cls.from_config(cfg, stamp["data_dim"], stamp.get("image_shape"))
         model.load_state_dict(checkpoint["state_dict"])
         return model.to(map_location or "cpu").eval()
 

@@ -62,6 +62,6 @@ def load(
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()
-    model = load_model(cfg, run, datamodule.data_dim).to(device)
+    model = load_model(cfg, run, datamodule.data_dim, datamodule.image_shape).to(device)
     metrics = read_metrics(folder) if (folder / METRICS_FILE).is_file() else {}
     return LoadedRun(folder, cfg, metrics, model, datamodule)

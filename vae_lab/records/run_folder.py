@@ -188,8 +188,11 @@ def check_trained_under(checkpoint: dict[str, Any], ckpt_path: Path, run_dir: Pa
         )
 
 
-def load_model(cfg: DictConfig, run: RunFolder, data_dim: int) -> VAE:
-    """The model of ``cfg`` with the weights of the run's checkpoint (eval mode, no gradient),
+def load_model(
+    cfg: DictConfig, run: RunFolder, data_dim: int, image_shape: Sequence[int] | None = None
+) -> VAE:
+    """The model of ``cfg`` for data of ``data_dim`` values (images of ``image_shape``, as
+    ``VAE.from_config``) with the weights of the run's checkpoint (eval mode, no gradient),
     refused when the checkpoint records another run than the folder's metrics.json, or was
     trained under another config than the folder's (``check_trained_under``)."""
     named = f"ckpt_path={run.ckpt_path} is not a checkpoint of this run's model"
@@ -204,7 +207,7 @@ def load_model(cfg: DictConfig, run: RunFolder, data_dim: int) -> VAE:
             "folder"
         )
     check_trained_under(checkpoint, run.ckpt_path, run.run_dir)
-    model = VAE.from_config(cfg, data_dim)
+    model = VAE.from_config(cfg, data_dim, image_shape)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:  # weights of other shapes or names: Lightning lists every

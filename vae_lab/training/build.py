@@ -52,6 +52,7 @@ class RunStamp(pl.Callback):
         checkpoint["vae_lab"] = dict(self.stamp)
         if trainer.datamodule is not None:
             checkpoint["vae_lab"]["data_dim"] = trainer.datamodule.data_dim
+            checkpoint["vae_lab"]["image_shape"] = list(trainer.datamodule.image_shape)
 
 
 class StepTimer(pl.Callback):
