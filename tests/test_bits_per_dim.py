@@ -34,6 +34,8 @@ def test_bits_per_dim_is_minus_log_px_over_d_ln_2():
         ("log_px_best", "eval", "bits_per_dim"),
         ("log_px", "eval", "bits_per_dim_iw"),
         ("log_px_ais", "eval", "bits_per_dim_ais"),
+        ("log_px_bdmc_lower", "eval", "bits_per_dim_bdmc_lower"),
+        ("log_px_ais_bias", "eval", None),
         ("elbo", "eval", None),
     ],
 )

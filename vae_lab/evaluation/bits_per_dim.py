@@ -14,7 +14,10 @@ and has no twin.
 Names: ``log_px<rest>`` has the twin ``bits_per_dim<rest>`` (``test/bits_per_dim`` beside
 ``test/log_px``, ``eval/bits_per_dim_ais`` beside ``eval/log_px_ais``), except in evaluate,
 where ``eval/bits_per_dim`` is the twin of the headline ``eval/log_px_best`` and
-``eval/bits_per_dim_iw`` that of the IW estimate ``eval/log_px``.
+``eval/bits_per_dim_iw`` that of the IW estimate ``eval/log_px``. A twin keeps its figure's
+suffix, so ``_lower`` and ``_upper`` name the bound on log p(x) (``bits_per_dim_bdmc_lower``
+is the upper bound on bits/dim). A ``log_px..._bias`` figure is a difference of two
+log p(x), not one, and has no twin.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def bits_per_dim(log_px: Figure, dims: int) -> Figure:
 
 def twin_name(name: str, prefix: str) -> str | None:
     """The bits/dim name of figure ``name`` under ``prefix``; None if it is no log p(x)."""
-    if not name.startswith(LOG_PX):
+    if not name.startswith(LOG_PX) or name.endswith("_bias"):
         return None
     if prefix == "eval" and name in EVAL_TWINS:
         return EVAL_TWINS[name]
