@@ -4,6 +4,7 @@ estimate, -log p(x) / (D ln 2) with its stderr alike."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from vae_lab.evaluation import pipeline
 from vae_lab.evaluation.bits_per_dim import bits_per_dim, twin_name
 from vae_lab.evaluation.stage import Context
 from vae_lab.model.module import VAE
+from vae_lab.records.run_store import summary_line
 from vae_lab.report.write import write_report
 
 DIMS = 64
@@ -79,3 +81,10 @@ def test_the_report_shows_bits_per_dim_where_runs_have_it(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| bits/dim |" in report.split("\n\n")[2].splitlines()[0]
     assert "1.25 (n = 1)" in rows(report)["flow"]
+
+
+def test_the_run_summary_line_gives_bits_per_dim_beside_log_px():
+    record = {"status": "completed", "test/log_px": -900.0, "test/bits_per_dim": 1.6561}
+    assert summary_line(record, Path("run")).startswith(
+        "completed: test log p(x) -900.00, 1.656 bits/dim,"
+    )

@@ -70,6 +70,8 @@ def summary_line(record: dict[str, Any], run_dir: Path) -> str:
         stderr = record.get("test/log_px_stderr")
         spread = f" ± {stderr:.2g}" if isinstance(stderr, float) else ""
         parts.append(f"test log p(x) {record['test/log_px']:.2f}{spread}")
+    if isinstance(record.get("test/bits_per_dim"), float):
+        parts.append(f"{record['test/bits_per_dim']:.3f} bits/dim")
     for key, name in (("test/elbo", "ELBO"), ("test/inference_gap", "gap")):
         if isinstance(record.get(key), float):
             parts.append(f"{name} {record[key]:.2f}")
