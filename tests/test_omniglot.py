@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.conftest import SHARED_DATA, compose_config
 from vae_lab.training.build import build_datamodule
@@ -35,3 +36,12 @@ def test_strokes_are_bright_grey_levels_binarised_for_bernoulli(omniglot):
     assert levels.equal(levels.round()) and train.unique().numel() > 2
     assert 0.03 < train.mean() < 0.12
     assert set(test.unique().tolist()) == {0.0, 1.0}
+
+
+def test_the_labels_are_the_242_characters_of_20_drawers(omniglot):
+    """136 + 156 characters, 50 of them (Greek, Latin) in both sets; the labels split as the
+    images (the sample-quality classifier is trained on them)."""
+    labels = omniglot.load_labels()
+    assert [len(y) for y in labels] == [len(x) for x in omniglot.splits]
+    counts = torch.bincount(torch.cat(labels))
+    assert len(counts) == 242 and counts.eq(20).all()

@@ -11,7 +11,8 @@ Greek and Latin alphabets) are counted once. Each image is inverted (strokes 1, 
 fraction of stroke in the cell) and, under a Bernoulli likelihood, binarised like MNIST
 (``vae_lab.components.data.datamodules``). The split is drawn with ``split_seed``:
 ``test_fraction`` of the images for the test split, ``val_fraction`` for validation, the rest
-for training; the same drawer's images of a character fall on both sides of it.
+for training; the same drawer's images of a character fall on both sides of it. The class
+labels are the 242 characters (alphabet and character), for the sample-quality classifier.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zipfile
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from vae_lab.components.data.datamodules import (
     FRACTION,
@@ -86,11 +88,24 @@ class Omniglot(FileDataModule):
         self.test_fraction = test_fraction
         self.split_seed = split_seed
 
-    def load_splits(self) -> Splits:
+    def images(self) -> dict[str, np.ndarray]:
+        """Every distinct image by its path alphabet/character/file, the shared ones once."""
         images: dict[str, np.ndarray] = {}
         for fname in self.files:
-            images |= read_strokes(self.read(fname), fname)  # the shared images once
-        pixels = np.stack([images[key] for key in sorted(images)]).reshape(len(images), -1)
-        values = torch.from_numpy(pixels).float() / 255.0
+            images |= read_strokes(self.read(fname), fname)
+        return dict(sorted(images.items()))
+
+    def _split(self, values: Tensor) -> Splits:
         n_val, n_test = (round(f * len(values)) for f in (self.val_fraction, self.test_fraction))
         return seeded_split(values, n_val, n_test, self.split_seed)
+
+    def load_splits(self) -> Splits:
+        images = self.images()
+        pixels = np.stack(list(images.values())).reshape(len(images), -1)
+        return self._split(torch.from_numpy(pixels).float() / 255.0)
+
+    def load_labels(self) -> Splits:
+        """The character of each image, numbered in sorted order of alphabet/character."""
+        characters = [path.rsplit("/", 1)[0] for path in self.images()]
+        number = {name: i for i, name in enumerate(sorted(set(characters)))}
+        return self._split(torch.tensor([number[name] for name in characters]))

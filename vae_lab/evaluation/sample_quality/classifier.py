@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vae_lab.components.data import BinarizedMNIST, Digits, IDXImages, InMemoryDataModule
+from vae_lab.components.data import BinarizedMNIST, Digits, IDXImages, InMemoryDataModule, Omniglot
 from vae_lab.components.minibatch_adam import minibatch_adam
 from vae_lab.config.validation import ConfigError
 
@@ -91,6 +91,10 @@ def classifier_source(datamodule: InMemoryDataModule) -> InMemoryDataModule | No
     """The labelled dataset whose classifier scores ``datamodule``'s images (None: no images)."""
     if isinstance(datamodule, Digits):
         return Digits()
+    if isinstance(datamodule, Omniglot):
+        return Omniglot(
+            root=datamodule.root, download=datamodule.download, mirror=datamodule.mirror
+        )
     if isinstance(datamodule, IDXImages | BinarizedMNIST):
         name = datamodule.name if isinstance(datamodule, IDXImages) else "mnist"
         return IDXImages(
@@ -100,7 +104,7 @@ def classifier_source(datamodule: InMemoryDataModule) -> InMemoryDataModule | No
 
 
 def source_name(source: InMemoryDataModule) -> str:
-    return source.name if isinstance(source, IDXImages) else "digits"
+    return source.name if isinstance(source, IDXImages | Omniglot) else "digits"
 
 
 def accuracy(classifier: FeatureClassifier, x: Tensor, y: Tensor) -> float:

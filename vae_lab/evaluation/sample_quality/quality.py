@@ -77,7 +77,7 @@ class SampleQuality:
         self, datamodule: InMemoryDataModule
     ) -> tuple[FeatureClassifier, dict[str, Any]] | None:
         """The cached classifier scoring this dataset, and its record; None for a dataset whose
-        class labels are not read (linear_gaussian, data=images, omniglot)."""
+        class labels are not read (linear_gaussian, data=images)."""
         source = classifier_source(datamodule)
         if source is None:
             log.info("sample quality: skipped, no class labels of %s are read to train the "

@@ -8,7 +8,7 @@ per dataset:
 
 and ``log_codes``, the mean log-density under the prior of held-out codes z ~ q(z|x) of the
 validation split. A dataset whose class labels are not read, so that no classifier is
-trained on it (linear_gaussian, data=images, omniglot), is skipped with one line.
+trained on it (linear_gaussian, data=images), is skipped with one line.
 """
 
 from __future__ import annotations
