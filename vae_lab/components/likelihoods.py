@@ -1,7 +1,8 @@
 """Observation models p(x|z): the decoder's output parameterises a torch distribution.
 
-Both return an ``Independent`` distribution whose event is one flattened datapoint, so
-``log_prob(x)`` sums over pixels and broadcasts over leading sample dimensions of z.
+Each returns a distribution whose event is one flattened datapoint (Bernoulli and Gaussian
+an ``Independent`` one, the discretized logistic its own), so ``log_prob(x)`` sums over pixels
+and broadcasts over leading sample dimensions of z.
 
 Each says what data it models: ``binary_data`` (the data module binarises grey levels for it)
 and ``grey_levels`` (the levels k/(L-1) its log_prob is a probability of, None for a density or
