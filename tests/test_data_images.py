@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from matplotlib.image import imread
 from PIL import Image
 
 from tests.conftest import SAMPLE_QUALITY_STAGE, compose_config
 from vae_lab.components.data import DataFileError, Images
+from vae_lab.components.images import image_batch, save_image_grid
 from vae_lab.config.validation import ConfigError
 from vae_lab.records.outputs import read_metrics
 from vae_lab.run import execute
@@ -179,3 +182,21 @@ def test_a_short_run_on_an_npz_with_the_discretized_logistic(tmp_path, caplog):
     skipped = [m for r in caplog.records if "sample quality: skip" in (m := r.getMessage())]
     assert skipped == ["sample quality: skipped, no class labels of Images are read to train "
                        "the feature classifier on"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "batch"),
+    [((4, 3), (2, 4, 3)), ((1, 4, 3), (2, 4, 3)), ((3, 2, 2), (2, 3, 2, 2)), ((12,), (2, 1, 12))],
+)
+def test_grids_unflatten_grey_colour_and_vectors(tmp_path, image_shape, batch):
+    """A colour grid is an RGB PNG whose cells are the images, channels last."""
+    flat = torch.rand(2, 12)
+    images = image_batch(flat, image_shape)
+    assert images.shape == batch
+    save_image_grid(images, tmp_path / "grid.png")
+    grid = imread(tmp_path / "grid.png")
+    assert grid.ndim == 3 and grid.shape[-1] == 4  # written as RGBA
+    if len(batch) == 4:
+        cell = grid[1 : 1 + 32, 1 : 1 + 32, :3]  # 2x2 pixels enlarged 16 times
+        expected = images[0].transpose(1, 2, 0).repeat(16, 0).repeat(16, 1)
+        np.testing.assert_allclose(cell, expected, atol=1 / 255)

@@ -1,4 +1,5 @@
-"""Image grids: a batch of images [N, H, W] with values in [0, 1] tiled into one PNG.
+"""Image grids: a batch of images [N, H, W] (grey) or [N, 3, H, W] (colour) with values in
+[0, 1] tiled into one PNG; ``image_batch`` unflattens a datamodule's vectors into such a batch.
 
 Images are laid out row by row, ``ncols`` to a row, separated by a one-pixel grey border, and
 each is enlarged by pixel repetition to at least ``MIN_CELL_PIXELS`` on its longer side so
@@ -8,21 +9,37 @@ that 8x8 digits stay visible. Values outside [0, 1] are clipped; 0 is black, 1 i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.image import imsave
 from numpy.typing import ArrayLike
+from torch import Tensor
 
 MIN_CELL_PIXELS = 32
 BORDER_VALUE = 0.5
 
 
+def image_batch(flat: Tensor, image_shape: Sequence[int]) -> np.ndarray:
+    """Vectors [N, X] as images of ``image_shape``: [N, H, W] for (H, W) or (1, H, W), [N, C, H,
+    W] for (C, H, W); a vector shape (X,) is one row of X pixels."""
+    shape = tuple(image_shape)
+    if len(shape) == 1:
+        shape = (1, *shape)
+    elif len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    return flat.detach().cpu().numpy().reshape(len(flat), *shape)
+
+
 def tile(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
-    """[N, H, W] -> one [rows (H + pad) + pad, ncols (W + pad) + pad] array, row by row."""
-    n, h, w = images.shape
+    """[N, H, W] (or [N, H, W, C]) -> one [rows (H + pad) + pad, ncols (W + pad) + pad] array
+    (with C last), row by row."""
+    n, h, w = images.shape[:3]
     nrows = math.ceil(n / ncols)
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad), BORDER_VALUE)
+    grid = np.full(
+        (nrows * (h + pad) + pad, ncols * (w + pad) + pad, *images.shape[3:]), BORDER_VALUE
+    )
     for i, image in enumerate(images):
         row, col = divmod(i, ncols)
         top, left = pad + row * (h + pad), pad + col * (w + pad)
@@ -31,9 +48,12 @@ def tile(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
 
 
 def save_image_grid(images: ArrayLike, path: Path | str, ncols: int = 8) -> None:
-    """Write the images [N, H, W] (values in [0, 1]) to ``path`` as one PNG grid."""
+    """Write the images [N, H, W] or [N, 3, H, W] (values in [0, 1]) to ``path`` as one PNG
+    grid, grey or RGB."""
     images = np.clip(np.asarray(images, dtype=np.float64), 0.0, 1.0)
-    scale = math.ceil(MIN_CELL_PIXELS / max(images.shape[1:]))
+    if images.ndim == 4:
+        images = images.transpose(0, 2, 3, 1)  # channels last, as imsave takes RGB
+    scale = math.ceil(MIN_CELL_PIXELS / max(images.shape[1:3]))
     images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     grid = tile(images, min(ncols, len(images)))
     imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")

@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 from vae_lab.components.data.batches import forked_rng
-from vae_lab.components.images import save_image_grid
+from vae_lab.components.images import image_batch, save_image_grid
 from vae_lab.model.module import VAE
 
 PRIOR_SAMPLES_FILE = "prior_samples.png"
@@ -72,13 +72,12 @@ class ImageGrids(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
         if not trainer.is_global_zero:
             return
-        width = trainer.datamodule.image_shape[-1]  # [N, X] -> [N, X / width, width]
         device = pl_module.device
         with forked_rng(device):
             grids = self.grids(trainer, pl_module)
         for name, images in grids.items():
             path = Path(trainer.default_root_dir) / name
-            save_image_grid(images.reshape(len(images), -1, width).cpu(), path)
+            save_image_grid(image_batch(images, trainer.datamodule.image_shape), path)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key=path.stem, images=[str(path)])

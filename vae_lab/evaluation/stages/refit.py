@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vae_lab.components.data import InMemoryDataModule
-from vae_lab.components.images import save_image_grid
+from vae_lab.components.images import image_batch, save_image_grid
 from vae_lab.config.validation import ConfigError
 from vae_lab.estimators.elbo import iw_log_px
 from vae_lab.estimators.estimate import Estimate
@@ -90,11 +90,10 @@ class Refit(Stage):
                     result.values[f"log_codes_refit_{name}"] = float(log_codes)
                     result.figures[f"log_px_refit_{name}"] = Estimate.cat(parts).figure()
                 if ctx.run_dir is not None:
-                    width = ctx.datamodule.image_shape[-1]
                     with torch.no_grad():
                         grid = quality.render(model, refitted.sample(GRID_IMAGES))
                     path = ctx.run_dir / f"prior_samples_refit_{name}.png"
-                    save_image_grid(grid.reshape(GRID_IMAGES, -1, width).cpu(), path)
+                    save_image_grid(image_batch(grid, ctx.datamodule.image_shape), path)
         return result
 
 
