@@ -31,12 +31,12 @@ from vae_lab.config.paths import CONF_DIR
 from vae_lab.config.validation import ConfigError, validate
 from vae_lab.evaluation.test_stage import run_test_stage, stages_for_test
 from vae_lab.model.module import VAE
+from vae_lab.records import sweep
 from vae_lab.records.console import USER_ERRORS, quiet_third_parties
 from vae_lab.records.csv_logger import CSVLogger
 from vae_lab.records.interrupts import Interrupted, catching_signals, received, resume_command
-from vae_lab.records.outputs import METRICS_FILE, run_lock, write_json
+from vae_lab.records.outputs import METRICS_FILE, WriteError, run_lock, write_json
 from vae_lab.records.run_store import prepare, summary_line, with_resume_folder
-from vae_lab.records.sweep import catches_launcher_errors, launcher_stopped, log_sweep_summary
 from vae_lab.records.tracking import finish_run, wandb_ids
 from vae_lab.training.build import StepTimer, build_datamodule, build_logger, build_trainer
 from vae_lab.training.threads import use_threads
@@ -131,7 +131,10 @@ def execute(
             else:
                 record.update(status="failed", error=f"{type(err).__name__}: {err}")
             record["wall_time_s"] = time.perf_counter() - start
-            _record(run_dir, record)
+            try:
+                _record(run_dir, record)
+            except WriteError as unwritten:  # a full disk: say both
+                raise WriteError(f"{record['error']}; and {unwritten}") from None
             finish_run(record)  # W&B: close this job's run, so the next job never merges into it
             if signum is not None:
                 raise Interrupted(signum, run_dir, sweep_dir) from None
@@ -159,14 +162,14 @@ def app(cfg: DictConfig) -> dict[str, Any] | None:
             held.enter_context(run_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext())
             overrides = list(hydra_cfg.overrides.task)
             cfg, fields, resume_from = prepare(cfg, run_dir, overrides, multirun)
-        except ConfigError as err:
-            if multirun:  # this job's folder is not its own: leave it untouched, go on
-                log.error("job %s not run: %s", hydra_cfg.job.num, err)
+            sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
+            record = execute(cfg, run_dir, fields, multirun, resume_from, sweep_dir)
+        except (ConfigError, WriteError) as err:  # a job refused, or a record not written
+            if multirun:  # a folder not its own is left untouched; the sweep goes on
+                log.error("job %s: %s", hydra_cfg.job.num, err)
                 return None
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
-        record = execute(cfg, run_dir, fields, multirun, resume_from, sweep_dir)
     if not multirun:
         print(summary_line(record, run_dir))
     return record
@@ -180,17 +183,17 @@ def main() -> None:
         app()
     except Interrupted as stop:
         if stop.sweep_dir is not None:
-            log_sweep_summary(stop.sweep_dir)
+            sweep.log_sweep_summary(stop.sweep_dir)
         name = signal.Signals(stop.signum).name
-        print(
-            f"interrupted by {name}: continue with {resume_command(stop.run_dir)}",
-            file=sys.stderr,
-        )
+        print(f"interrupted by {name}: continue with {resume_command(stop.run_dir)}",
+              file=sys.stderr)  # fmt: skip
         sys.exit(stop.exit_status)
     except Exception as err:  # a sweep's launcher, after a job's process died
-        if not catches_launcher_errors():
+        if not sweep.catches_launcher_errors():
             raise
-        sys.exit(launcher_stopped(err))
+        sys.exit(sweep.launcher_stopped(err))
+    finally:
+        sweep.end_sweep()
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ import warnings
 
 from vae_lab.components.data import DataFileError
 from vae_lab.config.validation import ConfigError
+from vae_lab.records.outputs import WriteError
 
-#: errors of the user's input or of a diverging run: reported as one line, no traceback
-USER_ERRORS = (ConfigError, DataFileError, FloatingPointError)
+#: errors of the user's input, of a diverging run or of a record that cannot be written (a full
+#: disk): reported as one line, no traceback
+USER_ERRORS = (ConfigError, DataFileError, FloatingPointError, WriteError)
 #: beginnings of third-party log lines that advertise rather than inform
 TIPS = ("💡 Tip:",)
 #: warnings raised inside a dependency about its own use of another (nothing the user can fix)

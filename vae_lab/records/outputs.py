@@ -3,7 +3,9 @@ latest evaluation's, each written atomically.
 
 Files are written to a temporary file beside the target, given the permissions of any file
 the process creates (0666 less the umask, as ``open`` gives: 0644 by default, so another user
-of a shared folder can read them), then renamed over the target: readers never see half.
+of a shared folder can read them), then renamed over the target: readers never see half. A
+write that fails (a full disk, a file-size limit, a folder not writable) leaves the target as
+it was and no temporary file, and raises ``WriteError``, one line naming the file.
 An evaluation holds the run's ``.evaluate.lock`` while it writes (``evaluation_lock``).
 """
 
@@ -57,13 +59,24 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(OSError):
+    """A record that could not be written; the file is as it was."""
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, with the permissions of a newly created file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o666 & ~_umask())
-    os.replace(tmp.name, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            tmp.write(text)
+        os.chmod(tmp.name, 0o666 & ~_umask())
+        os.replace(tmp.name, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+        reason = err.strerror or type(err).__name__
+        raise WriteError(f"cannot write {path}: {reason}; it is as it was") from None
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

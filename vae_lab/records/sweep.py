@@ -137,6 +137,14 @@ def catches_launcher_errors() -> bool:
     return bool(_catching)
 
 
+def end_sweep() -> None:
+    """Forget the sweep this process ran, and the ``HYDRA_FULL_ERROR`` it set."""
+    if _catching:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    _catching.clear()
+    _sweep_dir.clear()
+
+
 def launcher_stopped(err: Exception) -> int:
     """After the launcher raised ``err`` (a job's process died): one line, a wait for the jobs
     still training, the sweep summary; the exit status, 1."""
