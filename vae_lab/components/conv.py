@@ -2,9 +2,9 @@
 
 The data stay flattened, x [..., C*H*W]; the encoder reshapes each datapoint to its image
 [C, H, W] (grey images, shape (H, W), have C = 1), so it reads a VampPrior's pseudo-inputs, flat
-vectors like the data, as images too. The layout is the convolutional VAE's of the flow papers
-(Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow";
-van den Berg et al. 2018, "Sylvester Normalizing Flows", both with gated or residual blocks):
+vectors like the data, as images too. It is the kind of convolutional VAE the flow papers report
+on (Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow";
+van den Berg et al. 2018, "Sylvester Normalizing Flows"; theirs have gated or ResNet blocks):
 
     encoder  x -> [conv k x k, stride s_l, C_l channels -> act (-> residual block)]_l
                -> flatten -> linear -> act -> h  (feature_dim = ``features``)

@@ -82,6 +82,11 @@ class Networks:
     feature_dim: int  # size of the encoder's output h
     latent_dim: int
 
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        """The sizes of the latent's layers, which z lists in order: one layer here."""
+        return (self.latent_dim,)
+
     def posterior(self, family: FamilyFactory) -> nn.Module:
         """q(z|x): the family on the encoder's features."""
         return family(feature_dim=self.feature_dim, latent_dim=self.latent_dim)

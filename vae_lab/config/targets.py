@@ -84,6 +84,7 @@ CLASS_PACKAGES = ("vae_lab.", "torch.optim.")
 #: the functions of vae_lab a config builds a component with: every other target is a class,
 #: for a function such as ``vae_lab.records.outputs.write_text`` would write any file it is given
 FACTORIES = ("vae_lab.components.networks.mlp_networks", "vae_lab.components.conv.conv_networks",
+             "vae_lab.components.hierarchical.hierarchical_networks",
              "vae_lab.records.tracking.wandb_logger")  # fmt: skip
 #: Lightning's classes that the shipped conf/ names, allowed by their exact path alone
 LIGHTNING = ("pytorch_lightning.Trainer", "pytorch_lightning.callbacks.TQDMProgressBar")

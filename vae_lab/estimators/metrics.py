@@ -100,7 +100,11 @@ class ActiveUnits(Metric):
         self.noise += posterior_means.variance.double().sum(0)
         self.count += means.shape[0]
 
-    def compute(self) -> Tensor:
+    def active(self) -> Tensor:
+        """Which units are active, [latent_dim] bool."""
         mean = self.total / self.count
         variance = self.total_sq / self.count - mean**2 - self.noise / self.count
-        return (variance > self.threshold).sum().double()
+        return variance > self.threshold
+
+    def compute(self) -> Tensor:
+        return self.active().sum().double()

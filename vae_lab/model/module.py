@@ -95,6 +95,7 @@ class VAE(pl.LightningModule):
         eval_chunk_size: int | None = None,
         val_num_samples: int = 100,
         seed: int = 0,
+        latent_layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -111,6 +112,8 @@ class VAE(pl.LightningModule):
         self.compiled_log_weights: Compiled | None = None
         self.val_num_samples = val_num_samples
         self.seed = seed
+        #: the sizes of z's layers, in order (model=hierarchical: z1's, z2's); one by default
+        self.latent_layers = tuple(latent_layers or (posterior.latent_dim,))
         self._unchecked_losses: list[Tensor] = []  # training losses not yet checked finite
         self.val_iw = IWLogLikelihood()
 
@@ -147,6 +150,7 @@ class VAE(pl.LightningModule):
             eval_chunk_size=cfg.eval.chunk_size,
             val_num_samples=cfg.eval.val_num_samples,
             seed=cfg.seed,
+            latent_layers=nets.layer_dims,
         )
 
     @classmethod

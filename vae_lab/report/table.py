@@ -39,6 +39,9 @@ METRICS = (
     ("eval/approximation_gap", "approximation gap"),
     ("eval/amortization_gap", "amortization gap"),
     ("eval/amortization_gap_refined", "amortization gap, refined q"),  # objective=savae
+    # model=hierarchical: the active units of each stochastic layer (Burda et al. 2016, Table 2)
+    ("test/active_units_z1", "active units z1"),
+    ("test/active_units_z2", "active units z2"),
     # sample quality (vae_lab.evaluation.sample_quality), where the runs have it
     ("test/fid_recon", "FID recon"),
     ("test/fid_samples", "FID samples"),

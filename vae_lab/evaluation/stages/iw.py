@@ -83,6 +83,10 @@ class IW(Stage):
         result.figures["recon"] = recon
         result.figures["inference_gap"] = result.figures["log_px"] - elbo
         result.values["active_units"] = float(units.compute())
+        if len(model.latent_layers) > 1:  # model=hierarchical: which layer's units are active
+            layers = units.active().split(list(model.latent_layers))
+            for number, active in enumerate(layers, start=1):
+                result.values[f"active_units_z{number}"] = float(active.sum())
         return result
 
 

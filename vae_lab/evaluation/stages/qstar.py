@@ -88,7 +88,7 @@ def families(cfg: DictConfig, model: VAE) -> list[tuple[PosteriorFamily, str]]:
             found.append((model.posterior, ""))
             continue
         family = instantiate(family_cfg, feature_dim=model.posterior.head.in_features,
-                             latent_dim=cfg.latent_dim)  # fmt: skip
+                             latent_dim=model.posterior.latent_dim)  # fmt: skip
         if any(not key.startswith("head.") for key, _ in family.named_parameters()):
             log.warning(
                 "eval.qstar_family=%s has networks shared across datapoints that this run never "
