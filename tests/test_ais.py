@@ -20,6 +20,7 @@ from vae_lab.estimators.ais import (
     sigmoid_schedule,
     warn_if_biased,
 )
+from vae_lab.estimators.estimate import Figure
 
 
 def test_sigmoid_schedule_rises_from_zero_to_one():
@@ -109,20 +110,23 @@ def test_jackknife_shortfall_and_ess_over_chains():
 
 def test_short_ais_on_a_wide_posterior_flags_itself(caplog):
     """Too short an annealing from too wide a q: AIS lies below exact by more than its
-    stderr, and the jackknife shortfall says so, with its one-line warning."""
+    stderr; its stated bias (the sandwich with reverse chains) covers that and says so in one
+    line; the jackknife sees part of it."""
     torch.manual_seed(0)
     model, ppca, x = ppca_vae(Size(20, 5, 0.5, "gaussian", 3.0), num_points=200)
     with torch.no_grad():
         q = model.q(x)
-    estimate = ais_log_px(q, model.p_z(), model.log_likelihood(x), 10, 4, leapfrog_steps=2)
-    figure = estimate.log_px.figure()
+    estimate = ais_log_px(
+        q, model.p_z(), model.log_likelihood(x), 10, 4, leapfrog_steps=2, reverse=True
+    )
+    figure, bias = estimate.log_px.figure(), estimate.bias()
     exact = float(ppca.marginal().log_prob(x.double()).mean())
-    shortfall = float(estimate.shortfall.mean())
     assert exact - figure.value > 3 * figure.stderr  # the stated error misses the bias ...
-    assert shortfall > figure.stderr  # ... which the jackknife sees
+    assert float(estimate.shortfall.mean()) > figure.stderr  # ... which the jackknife sees
+    assert bias.value > exact - figure.value  # and the sandwich covers
     with caplog.at_level(logging.WARNING):
-        assert warn_if_biased(figure, shortfall, float(estimate.ess_fraction.mean()))
-        assert not warn_if_biased(figure, figure.stderr / 2, 1.0)
+        assert warn_if_biased(figure, bias, 0.5, suggest_bdmc=True)
+        assert not warn_if_biased(figure, Figure(0.4, 0.1), 0.5, suggest_bdmc=True)
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith("eval/log_px_ais = ") and "eval.bdmc=true" in message
 

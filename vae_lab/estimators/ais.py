@@ -49,23 +49,22 @@ again. Datapoints and chains are one batch, eps of shape [C, N, D]; the model is
 differentiated with respect to eps. Weights are accumulated in float64.
 
 What the stderr does not cover. E[w] = p(x) makes the log of the mean of C weights low by the
-Jensen gap log p(x) - E[log p^(x)] > 0, about Var[log p^(x)] / 2 per datapoint, which does
-not shrink as datapoints are averaged while the stderr does: over N datapoints it exceeds the
-stderr once N Var >~ 4. It is estimated per datapoint by the jackknife over chains
-(Quenouille 1956; for log-mean-weight estimators Nowozin 2018, "Debiasing evidence
-approximations"): (C - 1) (log p^(x) - mean_c log p^_(-c)(x)), p^_(-c) the mean without chain
-c, which estimates the O(1/C) term of the gap. Like the stderr it sees only the chains drawn,
-so both understate the error when a few chains carry the weight (a low ESS over chains, the
-sign of an annealing too short for the posterior); and neither sees a mode that no chain
-reached. Measured on a 50-D PPCA model trained 20 epochs (100 points): 500 steps x 16 chains
-gave 0.071 nats below exact against a stderr of 0.020 and a jackknife of 0.026 (flagged);
-2000 steps x 16 chains 0.051 below, stderr 0.011, jackknife 0.0065 (not flagged, while BDMC's
-sandwich was 3.3 +- 1.3 nats wide, which flags it); 500 steps x 64 chains 0.062 below,
-stderr 0.012, jackknife 0.008 (flagged by BDMC only, 7.1 +- 2.7 nats). There q is far from
-the posterior (a 12-nat amortization gap, IW's k-hat > 0.7 at every point) and the weights'
-tail is heavier than 16 or 64 chains show: where IW's k-hat says so, ``vae_lab.evaluate``
-reports AIS as uncertified unless BDMC (``vae_lab.estimators.bdmc``), which bounds the whole error
-on data simulated from the model, certifies it. With one chain the jackknife is NaN.
+Jensen gap log p(x) - E[log p^(x)] > 0, which does not shrink as datapoints are averaged while
+the stderr does. The jackknife over chains (Quenouille 1956; Nowozin 2018, "Debiasing evidence
+approximations") estimates its O(1/C) term, (C - 1) (log p^(x) - mean_c log p^_(-c)(x)), but
+like the stderr it sees only the chains drawn: where the annealing is too short for the
+posterior, a few chains carry the weight and both understate the error. The error is measured
+instead by a sandwich on the points themselves (``reverse=True``; Grosse, Ghahramani & Adams
+2015 bound it so on simulated data, ``vae_lab.estimators.bdmc``; Grosse et al. 2016 start the
+reverse chains from approximate posterior samples on real data): the forward chains' end
+states, resampled by their weights, start reverse AIS along the same path (betas and step
+sizes reversed), whose weights w' have E[w'] = 1/p(x) where the starts are exact posterior
+samples, so that -log mean_c w'_c is a stochastic upper bound. The width of the sandwich,
+upper - lower, bounds the forward estimate's error where the end states are near the
+posterior, and the stated bias is the larger of its mean and the jackknife's. Where the
+forward chains end far from the posterior the reverse chains start there too, and the width
+is an estimate, not a bound; BDMC on data simulated from the model bounds it.
+With one chain the jackknife is NaN.
 """
 
 from __future__ import annotations
@@ -101,6 +100,24 @@ class AISEstimate:
     step_sizes: Tensor  # the frozen schedule: the step size at beta_1..beta_{T-1}, [T - 1, N]
     shortfall: Tensor  # the jackknife estimate of log p(x) - E[log p^(x)] >= 0, [N], float64
     ess_fraction: Tensor  # (sum_c w_c)^2 / (C sum_c w_c^2), [N]
+    upper: Tensor | None = None  # reverse AIS's -log mean_c w'_c (``reverse=True``), [N]
+
+    def width(self) -> Figure | None:
+        """The sandwich's mean width, upper - lower, with the spread of the widths over
+        datapoints as its stderr (as BDMC's, ``vae_lab.estimators.bdmc``); None without the
+        reverse pass."""
+        if self.upper is None:
+            return None
+        width = self.upper - self.log_px.value
+        spread = width.var() if width.numel() > 1 else torch.zeros_like(width[0])
+        return Estimate(width, spread.expand_as(width)).figure()
+
+    def bias(self) -> Figure:
+        """The stated bias of the dataset figure: the larger of the sandwich's mean width and
+        the jackknife's mean (module docstring)."""
+        jackknife = Figure(float(self.shortfall.mean()), 0.0)
+        width = self.width()
+        return width if width is not None and not width.value < jackknife.value else jackknife
 
 
 def jackknife_shortfall(log_w: Tensor) -> Tensor:
@@ -125,15 +142,17 @@ def ess_fraction(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / len(log_w)
 
 
-def warn_if_biased(log_px: Figure, shortfall: float, ess: float) -> bool:
-    """Log one line when the jackknife shortfall of AIS exceeds its stderr; True if it did."""
-    if not shortfall > log_px.stderr:
+def warn_if_biased(log_px: Figure, bias: Figure, max_bias: float, suggest_bdmc: bool) -> bool:
+    """Log one line when AIS's stated bias (``AISEstimate.bias``) is above ``max_bias`` nats
+    or not finite; True if it was."""
+    if bias.value <= max_bias:
         return False
     log.warning(
-        "eval/log_px_ais = %.3f +- %.3f is biased below log p(x) by about %.3f nats (jackknife "
-        "over chains, more where few chains carry the weight: ESS/C = %.2f), beyond its "
-        "stderr; raise eval.ais_steps and eval.ais_chains, or certify it with eval.bdmc=true",
-        log_px.value, log_px.stderr, shortfall, ess,
+        "eval/log_px_ais = %.3f +- %.3f may lie below log p(x) by up to %.3g nats (the width of "
+        "the sandwich of its chains with reverse chains from their end states), above "
+        "eval.bdmc_max_width = %g; raise eval.ais_steps and eval.ais_chains%s",
+        log_px.value, log_px.stderr, bias.value, max_bias,
+        ", or certify it with eval.bdmc=true" if suggest_bdmc else "",
     )  # fmt: skip
     return True
 
@@ -234,10 +253,11 @@ def anneal(
     leapfrog_steps: int,
     target_accept: float = 0.65,
     progress: str | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run chains from ``start`` [C, N, D] along ``betas`` (beta_0..beta_T); the log-weights
     sum_t (beta_t - beta_{t-1}) (log p(x, eps_{t-1}) - log q0(eps_{t-1})), [C, N], the mean
-    acceptance probability [N], and the step sizes used at beta_1..beta_{T-1}, [T - 1, N].
+    acceptance probability [N], the step sizes used at beta_1..beta_{T-1}, [T - 1, N], and
+    the chains' end states [C, N, D].
 
     ``step_sizes`` [T - 1, N] is replayed as given; a float is a starting step size adapted
     towards ``target_accept`` (a pilot pass: its weights are not unbiased). No transition
@@ -267,7 +287,7 @@ def anneal(
         if adapt:
             step = step * torch.where(mean_accept > target_accept, ADAPT, 2 - ADAPT)[None, :, None]
         accept_sum += mean_accept.double()
-    return log_w, accept_sum / max(num_steps - 1, 1), used
+    return log_w, accept_sum / max(num_steps - 1, 1), used, state.z
 
 
 def ais_log_px(
@@ -281,10 +301,13 @@ def ais_log_px(
     target_accept: float = 0.65,
     pilot_chains: int = 4,
     progress: str | None = None,
+    reverse: bool = False,
 ) -> AISEstimate:
     """log p^(x) for a batch of N datapoints by AIS from q(z|x) (batch shape [N]) to
     p(x, z) = p(x|z) p(z), with ``num_chains`` chains each and ``num_steps`` intermediate
-    distributions, the step sizes frozen from a pilot pass of ``pilot_chains`` chains.
+    distributions, the step sizes frozen from a pilot pass of ``pilot_chains`` chains;
+    ``reverse``: with the reverse pass from the end states that measures the bias (module
+    docstring), as many chains again.
 
     Needs autograd: do not call it under ``torch.inference_mode``. ``progress``: the label of
     the progress bars (the pilot's and the reported chains'), None for none.
@@ -292,15 +315,39 @@ def ais_log_px(
     path = AnnealingPath.of(q, prior, log_likelihood)
     noise = reparameterize(q).noise
     betas = sigmoid_schedule(num_steps)
-    _, _, schedule = anneal(
+    _, _, schedule, _ = anneal(
         path, noise.sample((pilot_chains,)), betas, step_size, leapfrog_steps, target_accept,
         progress and f"{progress}: step-size pilot",
     )  # fmt: skip
-    log_w, accept_rate, _ = anneal(
+    log_w, accept_rate, _, end = anneal(
         path, noise.sample((num_chains,)), betas, schedule, leapfrog_steps,
         progress=progress and f"{progress}: {num_chains} chains x {num_steps} steps",
     )  # fmt: skip
-    return AISEstimate(
+    estimate = AISEstimate(
         log_mean_weight(log_w), accept_rate, schedule, jackknife_shortfall(log_w),
         ess_fraction(log_w),
     )  # fmt: skip
+    if reverse:
+        picks = torch.multinomial(torch.softmax(log_w.double(), 0).T, num_chains, True).T
+        start = end.gather(0, picks[..., None].expand_as(end))
+        log_w_back = reverse_log_weights(path, start, betas, schedule, leapfrog_steps, progress)
+        estimate.upper = -log_mean_weight(log_w_back).value
+    return estimate
+
+
+def reverse_log_weights(
+    path: AnnealingPath,
+    start: Tensor,
+    betas: Tensor,
+    step_sizes: Tensor,
+    leapfrog_steps: int,
+    progress: str | None = None,
+) -> Tensor:
+    """The log-weights [C, N] of chains from ``start`` [C, N, D] (posterior samples, or near
+    them) annealed back from p(z|x) to q0 along the forward pass's betas and step sizes,
+    reversed: E[w'] = 1/p(x) where the starts are exact (Grosse et al. 2015)."""
+    log_w, _, _, _ = anneal(
+        path, start, betas.flip(0), step_sizes.flip(0), leapfrog_steps,
+        progress=progress and f"{progress}: reverse",
+    )  # fmt: skip
+    return log_w

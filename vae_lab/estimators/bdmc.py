@@ -12,7 +12,9 @@ and
   (betas reversed, the same frozen step sizes), gives weights with E[w'] = 1/p(x), and
   -log (1/C) sum_c w'_c is a stochastic upper bound.
 
-The width of the sandwich bounds the error of either estimate on such data: a narrow one
+The width of the sandwich bounds the error of either estimate on such data: a narrow one (in
+absolute nats, ``certified``: a width comparable with its own stderr is no certificate where
+that stderr is itself large, as it is where a few reverse chains carry enormous weights)
 certifies the schedule (``eval.ais_steps``, chains, leapfrog steps) for this model; real data,
 not drawn from the model, may need more. Both passes run in the noise coordinates of q
 (``vae_lab.estimators.ais``), reverse chains starting at eps* = T^-1(z*).
@@ -28,6 +30,7 @@ error of either bound: conservative. Neither stderr covers the bias that the wid
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,7 +38,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from vae_lab.estimators.ais import AnnealingPath, ais_log_px, anneal, sigmoid_schedule
+from vae_lab.estimators.ais import (
+    AnnealingPath,
+    ais_log_px,
+    reverse_log_weights,
+    sigmoid_schedule,
+)
 from vae_lab.estimators.elbo import LogLikelihood, log_mean_weight, reparameterize
 from vae_lab.estimators.estimate import Estimate, Figure
 
@@ -83,14 +91,8 @@ def bdmc(
     with torch.no_grad():
         start = reparam.pull_back(z_true).expand(num_chains, *z_true.shape)
     path = AnnealingPath.of(q, prior, log_likelihood)
-    betas = sigmoid_schedule(num_steps).flip(0)
-    reverse, _, _ = anneal(
-        path,
-        start,
-        betas,
-        forward.step_sizes.flip(0),
-        leapfrog_steps,
-        progress=progress and f"{progress}: reverse",
+    reverse = reverse_log_weights(
+        path, start, sigmoid_schedule(num_steps), forward.step_sizes, leapfrog_steps, progress
     )
     lower = forward.log_px
     upper = -log_mean_weight(reverse).value
@@ -99,16 +101,28 @@ def bdmc(
     return BDMCEstimate(lower, Estimate(upper, spread.expand_as(upper)), forward.accept_rate)
 
 
-def warn_if_uncertified(width: Figure, ais_stderr: float = 0.0) -> bool:
-    """Log one line when the sandwich is wider than twice its noise (about 95% one-sided)
-    and than ``ais_stderr``, the stated error of the AIS figure: AIS may then be below
-    log p(x) by more than it says. A sandwich whose width is not distinguishable from 0 does
-    not raise this, though it certifies AIS only to within its own stderr."""
-    if not width.value > max(2 * width.stderr, ais_stderr):
-        return False
+def certified(lower: Figure, upper: Figure, max_width: float, ais_steps: int) -> bool:
+    """Whether the sandwich certifies AIS: both bounds finite, and the width upper - lower
+    no more than ``max_width`` nats in size with two of its stderrs added (``upper.stderr`` is
+    the width's, conservative: module docstring; bounds crossed by more than that are no
+    sandwich either), the lower bound's stderr within it too. Else one line that says how wide
+    it is and what to change."""
+    width = upper.value - lower.value
+    narrow = math.isfinite(width) and abs(width) + 2 * upper.stderr <= max_width
+    if narrow and lower.stderr <= max_width:
+        return True
+    if not math.isfinite(upper.value):
+        what = "the upper bound is not finite (every reverse chain's weight underflowed)"
+    elif not math.isfinite(lower.value):
+        what = "the lower bound is not finite (every forward chain's weight underflowed)"
+    else:
+        what = (f"the sandwich is {width:.4g} +- {upper.stderr:.2g} nats wide (lower bound's "
+                f"stderr {lower.stderr:.2g})")  # fmt: skip
     log.warning(
-        "eval/bdmc_gap = %.3f +- %.3f nats: AIS with these settings may be that far below "
-        "log p(x), beyond its stderr %.3f; raise eval.ais_steps (and eval.ais_chains)",
-        width.value, width.stderr, ais_stderr,
+        "eval/log_px_bdmc_lower = %.4g, upper = %.4g: %s; BDMC certifies AIS only where the width "
+        "with two stderrs is within eval.bdmc_max_width = %g nats, so it does not; raise "
+        "eval.ais_steps (now %d), or eval.ais_leapfrog_steps where "
+        "eval/bdmc_accept_rate is low",
+        lower.value, upper.value, what, max_width, ais_steps,
     )  # fmt: skip
-    return True
+    return False

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -77,7 +76,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal
 from tqdm import trange
 
 from vae_lab.components.posteriors import PosteriorFamily
-from vae_lab.components.posteriors.gaussian import MIN_SCALE
+from vae_lab.components.posteriors.gaussian import raw_scale
 from vae_lab.estimators.elbo import (
     LogLikelihood,
     chunks,
@@ -88,6 +87,13 @@ from vae_lab.estimators.elbo import (
     rsample_with_log_prob,
 )
 from vae_lab.estimators.estimate import Estimate, Figure, StreamedMean
+from vae_lab.estimators.newton import (
+    Gaussian,
+    RowsLogLikelihood,
+    curvature,
+    fit_newton,
+    joint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +118,7 @@ class QStarSettings:
     gradient: str = "stl"  # stl (for the Gaussian families) or reparam
     residual_steps: int = 200  # steps of the continuation that measures qstar_residual
     residual_sample_factor: int = 4  # its samples per step, as a multiple of num_samples
+    newton_steps: int = 20  # Newton updates of a Gaussian family before Adam (0: none)
 
 
 @dataclass
@@ -120,10 +127,6 @@ class QStarFit:
     steps: int  # iterations run
     converged: Tensor  # which datapoints met the convergence test, [N] bool
     rate: Tensor  # each datapoint's final step size as a fraction of settings.lr, [N]
-
-
-#: row indices [A] of the batch -> log p(x_rows | z), z [S, A, D] -> [S, A]
-RowsLogLikelihood = Callable[[Tensor], LogLikelihood]
 
 
 def fit_qstar(
@@ -141,26 +144,37 @@ def fit_qstar(
     ``lambda rows: model.log_likelihood(x[rows])``; only theta is differentiated. ``rate0``
     [N] starts each datapoint's step size at that fraction of ``settings.lr`` (default 1).
     """
+    num_points = theta0.shape[0]
+    rate = torch.ones(num_points, dtype=theta0.dtype, device=theta0.device)  # 0 once frozen
+    if rate0 is not None:
+        rate = rate0.to(theta0).clone()
+    with torch.no_grad():  # the noise of the convergence checks: fixed, and alike for every
+        # datapoint, so that a datapoint's fit does not depend on the batch it is in
+        shape = reparameterize(family.distribution(theta0[:1])).noise.event_shape
+        generator = torch.Generator(theta0.device).manual_seed(CHECK_SEED)
+        half = settings.num_samples * settings.residual_sample_factor // 2
+        noise = torch.randn(
+            half, 1, *shape, generator=generator, dtype=theta0.dtype, device=theta0.device
+        )
+        noise = torch.cat([noise, -noise])  # antithetic: exact for a quadratic log p(x, z)
+    newton_steps = 0
+    if family.gaussian and settings.newton_steps:
+        newton = fit_newton(
+            family, prior, log_likelihood, theta0, settings.newton_steps, settings.num_samples,
+            noise, settings.tol,
+        )  # fmt: skip
+        theta0, newton_steps = newton.theta, newton.steps
+        rate = torch.where(newton.converged, 0.0, rate)
     theta = theta0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([theta], lr=settings.lr)
-    num_points = theta.shape[0]
-    rate = torch.ones(num_points, dtype=theta.dtype, device=theta.device)  # 0 once frozen
-    if rate0 is not None:
-        rate = rate0.to(theta).clone()
-    last_rate = rate.clone()
+    last_rate = torch.where(rate > 0, rate, 1.0)
     best = torch.full((num_points,), -math.inf, dtype=torch.float64, device=theta.device)
     stalls = torch.zeros(num_points, dtype=torch.long, device=theta.device)
     decays = torch.zeros_like(stalls)
-    active = torch.arange(num_points, device=theta.device)
-    with torch.no_grad():  # the noise of the convergence checks: fixed, and alike for every
-        # datapoint, so that a datapoint's fit does not depend on the batch it is in
-        shape = reparameterize(family.distribution(theta[:1])).noise.event_shape
-        generator = torch.Generator(theta.device).manual_seed(CHECK_SEED)
-        check_samples = settings.num_samples * settings.residual_sample_factor
-        noise = torch.randn(
-            check_samples, 1, *shape, generator=generator, dtype=theta.dtype, device=theta.device
-        )
-    bar = trange(settings.max_steps, desc="q*", disable=not progress, leave=False)
+    active = (rate > 0).nonzero().squeeze(1)
+    step = -1
+    adam_steps = settings.max_steps if len(active) else 0
+    bar = trange(adam_steps, desc="q*", disable=not progress, leave=False)
     for step in bar:
         with torch.enable_grad():
             elbo = objective(
@@ -194,7 +208,7 @@ def fit_qstar(
         bar.set_postfix(converged=f"{num_points - len(active)}/{num_points}")
         if len(active) == 0:
             break
-    return QStarFit(theta.detach(), step + 1, rate == 0, last_rate)
+    return QStarFit(theta.detach(), newton_steps + step + 1, rate == 0, last_rate)
 
 
 def fixed_noise_elbo(
@@ -237,9 +251,14 @@ def qstar_residual(
     chunk_size: int,
     seed: int = 0,
 ) -> Estimate:
-    """ELBO(theta') - ELBO(theta*) per datapoint, theta' = theta* continued (see the module
-    docstring), both from the same ``num_samples`` draws of the noise (``chunk_size`` at a
-    time), with the Monte Carlo variance of that paired difference."""
+    """The ELBO still to gain from q* per datapoint. For a Gaussian family, R of
+    ``vae_lab.estimators.newton`` at q*, the mean of ``residual_sample_factor`` estimates from
+    ``num_samples`` antithetic pairs each, with the variance of that mean; for any other,
+    ELBO(theta') - ELBO(theta*), theta' = theta* continued (module docstring), both from the
+    same ``num_samples`` draws of the noise (``chunk_size`` at a time), with the Monte Carlo
+    variance of that paired difference."""
+    if family.gaussian:
+        return newton_residual(family, prior, log_likelihood, fit.theta, settings)
     more = replace(
         settings,
         num_samples=settings.num_samples * settings.residual_sample_factor,
@@ -258,6 +277,24 @@ def qstar_residual(
                 log_w.append(log_importance_weights(q, prior, log_likelihood(rows), n)[0])
         gain.update(log_w[1] - log_w[0])
     return gain.estimate()
+
+
+def newton_residual(
+    family: PosteriorFamily,
+    prior: Distribution,
+    log_likelihood: RowsLogLikelihood,
+    theta: Tensor,
+    settings: QStarSettings,
+) -> Estimate:
+    """``qstar_residual`` of a Gaussian family: the quadratic model's R at theta [N, P]."""
+    rows = torch.arange(theta.shape[0], device=theta.device)
+    q, ll = Gaussian.of(family.distribution(theta)), log_likelihood(rows)
+    draws = torch.stack([
+        curvature(joint(prior, ll), q, settings.num_samples, theta.dtype)
+        .remaining(q)
+        for _ in range(settings.residual_sample_factor)
+    ])  # fmt: skip
+    return Estimate(draws.mean(0), draws.var(0) / len(draws))
 
 
 def warn_if_residual_matters(residual: Figure, gap_stderr: float) -> bool:
@@ -347,8 +384,7 @@ def moment_matched_theta(
     """
     d = family.latent_dim
     z = q.sample((num_samples,))
-    std = (z.std(0) - MIN_SCALE).clamp_min(MIN_SCALE)
     matched = theta.clone()
     matched[:, :d] = z.mean(0)
-    matched[:, d : 2 * d] = std + torch.log(-torch.expm1(-std))  # softplus^-1
+    matched[:, d : 2 * d] = raw_scale(z.std(0))
     return matched

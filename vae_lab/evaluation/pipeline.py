@@ -7,11 +7,14 @@ a split (``eval.stages``) and records ``eval/*``. A stage is one file in
 an estimator touches no other file but its config keys.
 
 After the stages, ``conclude`` derives what only their results together give (Cremer, Li &
-Duvenaud 2018): ``log_px_best``, the largest log p(x) estimate (which estimator gave it, and
-whether it is flagged), and from the exact log p(x) where known, else from ``log_px_best``,
-the split of the inference gap of the encoder's q into
+Duvenaud 2018): ``log_px_best``, the largest log p(x) estimate not flagged unreliable (the
+largest of all only where every one is flagged; ``log_px_best_reliable`` says which, and which
+estimator gave it), and from the exact log p(x) where known, else from ``log_px_best``, the
+split of the inference gap of the encoder's q into
 
-    approximation gap = log p(x) - ELBO(q*)     amortization gap = ELBO(q*) - ELBO(q).
+    approximation gap = log p(x) - ELBO(q*)     amortization gap = ELBO(q*) - ELBO(q),
+
+flagged (``gaps_reliable`` 0) where they are measured from a flagged log p(x).
 """
 
 from __future__ import annotations
@@ -140,14 +143,18 @@ def conclude(ctx: Context) -> StageResult:
         out.values["ais_reliable"] = float("AIS" not in unreliable)
     if not estimates or ctx.prefix != "eval":
         return out
-    label = max(estimates, key=lambda k: estimates[k].value)
+    reliable = [k for k in estimates if k not in unreliable]
+    label = max(reliable or estimates, key=lambda k: estimates[k].value)
     best = estimates[label]
     out.figures["log_px_best"] = best
-    out.values["log_px_best_reliable"] = float(label not in unreliable)
+    out.values["log_px_best_reliable"] = float(bool(reliable))
     out.chosen["log_px_best"] = label
     exact = ctx.results.get("exact")
     reference = exact.state["log_px"] if exact is not None else best
     out.chosen["gap_reference"] = "exact" if exact is not None else "best"
+    out.values["gaps_reliable"] = float(exact is not None or bool(reliable))
+    if not out.values["gaps_reliable"]:
+        out.flags.append(f"the gaps are measured from a flagged log p(x) ({label})")
     iw, qstar = ctx.results.get("iw"), ctx.results.get("qstar")
     if iw is None or qstar is None:
         return out

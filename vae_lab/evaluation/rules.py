@@ -37,8 +37,10 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.qstar_decays": NON_NEGATIVE_INT,
     "eval.qstar_gradient": one_of("stl", "reparam"),
     "eval.qstar_residual_steps": POSITIVE_INT,
+    "eval.qstar_newton_steps": NON_NEGATIVE_INT,
     "eval.bdmc": one_of(True, False),
     "eval.bdmc_points": POSITIVE_INT,
+    "eval.bdmc_max_width": POSITIVE_NUMBER,
     "eval.device": (
         lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")),
         "auto, cpu, cuda or cuda:N",

@@ -22,6 +22,8 @@ class PosteriorFamily(nn.Module):
     """Maps encoder features [B, F] to raw parameters [B, num_params], then to q(z|x)."""
 
     num_params: int
+    #: whether every member is a Gaussian, N(mu, L L^T), with ``gaussian_params``
+    gaussian: bool = False
     #: whether ``log_prob(params, z)`` is exact at any z (False where the layers have no
     #: closed-form inverse): the STL and DReG gradients need it
     exact_log_prob: bool = True
@@ -42,6 +44,12 @@ class PosteriorFamily(nn.Module):
     def base_distribution(self, params: Tensor) -> Distribution:
         """The Gaussian part of q (the flow's base q0(z|x)); q itself for Gaussian families."""
         return self.distribution(params)
+
+    def gaussian_params(self, loc: Tensor, scale_tril: Tensor) -> Tensor:
+        """theta [B, num_params] of the member N(loc, scale_tril scale_tril^T), for the
+        Gaussian families (q*'s Newton updates, ``vae_lab.estimators.newton``); a diagonal
+        family keeps the diagonal of ``scale_tril``. Other families have no such member."""
+        raise NotImplementedError(f"{type(self).__name__} is not a Gaussian family")
 
     def log_prob(self, params: Tensor, z: Tensor) -> Tensor:
         """log q(z|x) of z [..., B, D] under ``distribution(params)``, shape [..., B]."""

@@ -28,11 +28,13 @@ from torch.distributions import (
 )
 
 from vae_lab.components.posteriors.base import PosteriorFamily
-from vae_lab.components.posteriors.gaussian import MIN_SCALE
+from vae_lab.components.posteriors.gaussian import MIN_SCALE, raw_scale
 from vae_lab.components.posteriors.triangular import Triangular
 
 
 class FullCovGaussian(PosteriorFamily):
+    gaussian = True
+
     def __init__(self, feature_dim: int, latent_dim: int) -> None:
         num_offdiag = latent_dim * (latent_dim - 1) // 2
         super().__init__(feature_dim, latent_dim, 2 * latent_dim + num_offdiag)
@@ -43,6 +45,11 @@ class FullCovGaussian(PosteriorFamily):
         loc, raw_diag, offdiag = params.split([d, d, params.shape[-1] - 2 * d], dim=-1)
         scale_tril = self.lower(F.softplus(raw_diag) + MIN_SCALE, offdiag)
         return MultivariateNormal(loc, scale_tril=scale_tril)
+
+    def gaussian_params(self, loc: Tensor, scale_tril: Tensor) -> Tensor:
+        rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim, -1)
+        diag = raw_scale(scale_tril.diagonal(dim1=-2, dim2=-1))
+        return torch.cat([loc, diag, scale_tril[..., rows, cols]], dim=-1)
 
 
 @register_kl(MultivariateNormal, Independent)

@@ -1,10 +1,13 @@
 """``bdmc``: bidirectional Monte Carlo (Grosse et al. 2015; ``vae_lab.estimators.bdmc``):
 forward and reverse AIS, with the ``eval.ais_*`` settings and the start AIS used (q* refitted
 to the simulated points where AIS started from q*), on ``eval.bdmc_points`` points simulated
-from the model. ``log_px_bdmc_lower`` and ``log_px_bdmc_upper`` sandwich their log p(x);
-``bdmc_certified`` is 1 when the sandwich is no wider than its noise and than AIS's stated
-error, which then certifies AIS on the real points. For a pPCA model, the exact mean log p(x)
-of the simulated points too (``log_px_bdmc_exact``).
+from the model. ``log_px_bdmc_lower`` and ``log_px_bdmc_upper`` sandwich their log p(x),
+``bdmc_gap`` is the width; ``bdmc_certified`` is 1 when both are finite and the width, two
+stderrs added, is no more than ``eval.bdmc_max_width`` nats (``vae_lab.estimators.bdmc``'s
+``certified``), which then certifies AIS on the real points. AIS's stated bias
+(``log_px_ais_bias``) becomes that width, or where larger the AIS stage's floor of it (the
+jackknife, the shortfall below IW; ``ais_bias_from`` = bdmc). For a pPCA model, the
+exact mean log p(x) of the simulated points too (``log_px_bdmc_exact``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from omegaconf import DictConfig
 from vae_lab.components.data import InMemoryDataModule
 from vae_lab.components.ppca import ppca_of
 from vae_lab.config.validation import POSITIVE_INT, require
-from vae_lab.estimators.bdmc import bdmc, simulate, warn_if_uncertified
+from vae_lab.estimators.bdmc import bdmc, certified, simulate
 from vae_lab.estimators.estimate import Figure
 from vae_lab.evaluation.stage import Context, Stage, StageResult
 from vae_lab.evaluation.stages.qstar import fit, settings_of
@@ -24,7 +27,7 @@ from vae_lab.evaluation.stages.qstar import fit, settings_of
 class BDMC(Stage):
     name = "bdmc"
     summary = "a sandwich of log p(x) on simulated data that certifies AIS (or not)"
-    keys = ("eval.bdmc_points", "eval.ais_steps", "eval.ais_chains")
+    keys = ("eval.bdmc_points", "eval.bdmc_max_width", "eval.ais_steps", "eval.ais_chains")
     needs = ("ais",)
 
     def check(self, cfg: DictConfig, datamodule: InMemoryDataModule) -> None:
@@ -65,13 +68,18 @@ class BDMC(Stage):
                 "bdmc_accept_rate": float(estimate.accept_rate.mean()),
             },
         )
-        ais_stderr = ais.figures["log_px_ais"].stderr
-        certified = not warn_if_uncertified(width, ais_stderr)
-        result.values["bdmc_certified"] = float(certified)
-        if certified and not ais.state["biased"]:
+        certain = certified(lower, upper, ev.bdmc_max_width, ev.ais_steps)
+        result.values["bdmc_certified"] = float(certain)
+        floor = ais.state["bias_floor"]
+        result.figures["log_px_ais_bias"] = Figure(max(width.value, floor), width.stderr)
+        result.chosen["ais_bias_from"] = "bdmc"
+        if certain:
             result.state["certified_labels"] = {"AIS"}
-        elif not certified:
-            result.flags.append("BDMC does not certify AIS: the sandwich is wider than its noise")
+        else:
+            result.flags.append(
+                f"BDMC does not certify AIS: its sandwich is {width.value:.3g} nats wide, above "
+                f"eval.bdmc_max_width = {ev.bdmc_max_width:g}"
+            )
             result.unreliable.add("AIS")
         ppca = ppca_of(model)
         if ppca is not None:

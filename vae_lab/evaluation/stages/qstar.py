@@ -28,6 +28,7 @@ from vae_lab.components.posteriors import PosteriorFamily
 from vae_lab.config.compose import compose_default
 from vae_lab.config.paths import CONF_DIR
 from vae_lab.config.validation import ConfigError
+from vae_lab.estimators.estimate import ROUNDING
 from vae_lab.estimators.gaps import (
     FALLBACK_START_STEPS,
     QStarFit,
@@ -106,7 +107,7 @@ def settings_of(cfg: DictConfig) -> QStarSettings:
     return QStarSettings(
         lr=ev.qstar_lr, num_samples=ev.qstar_samples, max_steps=ev.qstar_max_steps,
         tol=ev.qstar_tol, num_decays=ev.qstar_decays, gradient=ev.qstar_gradient,
-        residual_steps=ev.qstar_residual_steps,
+        residual_steps=ev.qstar_residual_steps, newton_steps=ev.qstar_newton_steps,
     )  # fmt: skip
 
 
@@ -141,7 +142,8 @@ class QStar(Stage):
     summary = "q*, the best posterior of the family per point; ELBO(q*) and IW from q*"
     keys = ("eval.qstar_family", "eval.qstar_init", "eval.qstar_lr", "eval.qstar_samples",
             "eval.qstar_max_steps", "eval.qstar_tol", "eval.qstar_decays",
-            "eval.qstar_gradient", "eval.qstar_residual_steps")  # fmt: skip
+            "eval.qstar_gradient", "eval.qstar_residual_steps",
+            "eval.qstar_newton_steps")  # fmt: skip
 
     def check(self, cfg: DictConfig, datamodule: InMemoryDataModule) -> None:
         family_configs(cfg)
@@ -172,6 +174,9 @@ class QStar(Stage):
                 )
                 rows = rows_of(model, x)
                 residual = qstar_residual(family, prior, rows, found, settings, k, chunk).figure()
+                # a difference of ELBOs, which float32 rounding resolves no finer than this
+                elbo = part.figures[f"elbo_qstar{suffix}"]
+                residual.stderr = max(residual.stderr, ROUNDING * abs(elbo.value))
             result.figures |= part.figures
             result.values |= part.values
             result.log_px |= part.log_px
