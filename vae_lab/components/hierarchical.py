@@ -187,9 +187,9 @@ class HierarchicalNetworks(Networks):
     """The networks of x <-> z1 (encoder, decoder) and the layers of z1 <-> z2 that lay the
     posterior and prior groups over both latents (module docstring)."""
 
-    z1_dim: int = 0
-    z1_hidden: Sequence[int] = ()
-    activation: str = "tanh"
+    z1_dim: int
+    z1_hidden: Sequence[int]
+    activation: str
 
     @property
     def z2_dim(self) -> int:
