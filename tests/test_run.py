@@ -7,13 +7,16 @@ import subprocess
 import sys
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from tests.conftest import REPO, checkpoint_model, compose_config
 from vae_lab.estimators.elbo import kl_estimate
 from vae_lab.estimators.estimate import ROUNDING
+from vae_lab.model.module import VAE
 from vae_lab.records.outputs import read_metrics
 from vae_lab.run import execute
+from vae_lab.training.build import build_datamodule
 
 
 def test_shrunk_run_writes_completed_metrics(tmp_path):
@@ -148,3 +151,39 @@ def test_unknown_option_lists_the_valid_ones(tmp_path):
     assert result.returncode != 0
     assert "Could not find 'posterior/nope'" in result.stderr
     assert "gaussian" in result.stderr and "full_cov" in result.stderr
+
+
+class Rows(pl.loggers.Logger):
+    """The rows a logger is given: step -> the names of the figures logged there."""
+
+    name, version = "rows", 0
+    experiment = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, set[str]] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.setdefault(step, set()).update(metrics)
+
+    def log_hyperparams(self, params: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_training_figures_reach_the_logger_at_every_logging_step(every):
+    """The module logs its training figures only on the steps whose figures the logger writes
+    (and each epoch's last): the logger still gets them at every ``log_every_n_steps``-th step
+    across epochs, and the record the last step's."""
+    cfg = compose_config()
+    datamodule = build_datamodule(cfg)
+    model = VAE.from_config(cfg, datamodule.data_dim)
+    logger = Rows()
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=0,
+                         log_every_n_steps=every, logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    train = {"train/loss", "train/elbo", "train/recon", "train/kl"}
+    logged = sorted(step for step, names in logger.rows.items() if train <= names)
+    assert logged == [step for step in range(12) if (step + 1) % every == 0]
+    assert "train/loss" in trainer.callback_metrics

@@ -299,15 +299,25 @@ class VAE(pl.LightningModule):
         result = self.objective.loss(self, x, self.global_step)
         loss, terms = result.loss, result.terms
         self._unchecked_losses.append(loss.detach())
-        every = max(self.trainer.log_every_n_steps, 1)
-        if (batch_idx + 1) % every == 0 or batch_idx == self.trainer.num_training_batches - 1:
+        if self._logging_step(batch_idx):
             self._check_finite()
-        batch = x.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch)
-        self.log("train/elbo", terms.elbo.mean(), batch_size=batch)
-        self.log("train/recon", terms.recon.mean(), batch_size=batch)
-        self.log("train/kl", terms.kl.mean(), batch_size=batch)
+            batch = x.shape[0]
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch)
+            self.log("train/elbo", terms.elbo.mean(), batch_size=batch)
+            self.log("train/recon", terms.recon.mean(), batch_size=batch)
+            self.log("train/kl", terms.kl.mean(), batch_size=batch)
         return loss
+
+    def _logging_step(self, batch_idx: int) -> bool:
+        """Whether this training step's figures are logged: those of every
+        ``trainer.log_every_n_steps``-th step, which are the ones the logger writes (Lightning
+        writes a step's logged values where its count of steps taken, plus one, is a multiple
+        of it), and those of each epoch's last step, which the run's record keeps. Lightning's
+        bookkeeping of a ``self.log`` call is Python of the order of a small model's whole
+        step (docs/speed.md), so the other steps make none."""
+        every = max(self.trainer.log_every_n_steps, 1)
+        last = batch_idx == self.trainer.num_training_batches - 1
+        return (self.global_step + 1) % every == 0 or last
 
     def _check_finite(self) -> None:
         """Raise at the first NaN or infinite training loss since the last check.
