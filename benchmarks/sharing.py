@@ -1,7 +1,7 @@
 """Several jobs sharing one device: ``python -m benchmarks.sharing`` runs the inference_gap
 preset's model at a short budget as Hydra sweeps of the joblib launcher with N jobs at a time,
 for each N asked, and says how many jobs per hour each N gives and what that predicts for the
-whole preset (63 jobs of 3,280 epochs).
+whole preset (54 jobs of 3,280 epochs).
 
     python -m benchmarks.sharing --n-jobs 1 4 8 16 --epochs 2 --override trainer=gpu
 
@@ -11,10 +11,10 @@ Python, builds the model, trains, tests (IW with K = ``--test-samples``) and wri
 records. From each job's metrics.json, ``steps_time_s`` (the training steps alone) over
 ``fit_steps`` is the time per step with N jobs sharing the device; a job's share of the
 sweep's wall time less its steps and its test is its fixed cost (Python and its imports,
-set-up, the sanity check, checkpoints, records). The preset's estimate is 63 jobs x (3,280 x
+set-up, the sanity check, checkpoints, records). The preset's estimate is 54 jobs x (3,280 x
 500 steps x that time + the fixed cost + the test at K = 5000, the test time here scaled by
-5000 / K) / N; it leaves out the preset's validation every 10 epochs (IW with K = 100 on the
-10,000 validation images: about 2% of the steps' cost).
+5000 / K) / N; it leaves out the preset's validation every 10 epochs (K = 10 on 2,000
+validation images: ``benchmarks/paper_budget.py`` measures it).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from benchmarks.common import REPO, default_data_root
 
 #: the preset whose wall time is predicted, and its size
 PRESET = "inference_gap"
-PRESET_JOBS = 63
+PRESET_JOBS = 54
 PRESET_EPOCHS = 3280
 PRESET_TEST_SAMPLES = 5000
 STEPS_PER_EPOCH = 500  # 50,000 training images, batch 100
