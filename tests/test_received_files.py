@@ -106,6 +106,7 @@ def test_a_pickle_payload_in_a_checkpoint_is_never_run(command, run_dir, monkeyp
     else:
         message = refused(command, run_dir, monkeypatch, capsys)
     assert "ckpt" in message
+    assert "refused: loading its pickle would call io.open" in message, message
     assert not marker.exists()
     assert snapshot(run_dir) == before
 

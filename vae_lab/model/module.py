@@ -60,24 +60,26 @@ _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
+def unreadable_checkpoint(err: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in one line: the code a refused
+    pickle would have run (named by torch's weights-only error), or the error's first line."""
+    text = str(err)
+    if unsafe := _UNSAFE_GLOBAL.search(text):
+        return (
+            f"refused: loading its pickle would call {unsafe[1]}; a checkpoint is loaded as "
+            "weights only, never running code it holds"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines if "WeightsUnpickler error" in line), None)
+    return f"{type(err).__name__}: {detail or (lines[0] if lines else '')}"
+
+
 def _load_weights(path: Path, map_location: str | torch.device) -> Any:
-    """``torch.load`` of a checkpoint as weights only; a failure as one ConfigError, which
-    names the code a refused pickle would have run."""
+    """``torch.load`` of a checkpoint as weights only; a failure as one ConfigError."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # any failure to read is the file's
-        text = str(err)
-        if unsafe := _UNSAFE_GLOBAL.search(text):
-            raise ConfigError(
-                f"{path} is refused: loading its pickle would call {unsafe[1]}; a checkpoint is "
-                "loaded as weights only, never running code it holds"
-            ) from err
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        detail = next((line for line in lines if "WeightsUnpickler error" in line), None)
-        raise ConfigError(
-            f"{path} is not a checkpoint that loads as weights only: {type(err).__name__}: "
-            f"{detail or (lines[0] if lines else '')}"
-        ) from err
+        raise ConfigError(f"{path} cannot be loaded: {unreadable_checkpoint(err)}") from err
 
 
 class VAE(pl.LightningModule):

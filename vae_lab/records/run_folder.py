@@ -27,7 +27,7 @@ from vae_lab.config.compose import compose_default, override_key
 from vae_lab.config.identity import config_hash, identity
 from vae_lab.config.targets import upgraded
 from vae_lab.config.validation import ConfigError, validate
-from vae_lab.model.module import VAE
+from vae_lab.model.module import VAE, unreadable_checkpoint
 from vae_lab.records.interrupts import resume_command
 from vae_lab.records.outputs import (
     EVAL_FILE,
@@ -143,8 +143,7 @@ def read_checkpoint(path: Path, named: str) -> dict[str, Any]:
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise TypeError("it holds no state_dict")
     except Exception as err:  # any failure here is the checkpoint's: say so in one line
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"{named}: {type(err).__name__}: {first_line}") from err
+        raise ConfigError(f"{named}: {unreadable_checkpoint(err)}") from err
     return checkpoint
 
 
