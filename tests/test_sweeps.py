@@ -22,7 +22,7 @@ from hydra.types import HydraContext, RunMode
 from hydra.utils import instantiate
 from matplotlib.image import imread
 
-from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config, report_cli
+from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config, options, report_cli
 from vae_lab.model.schedules import IWAESchedule, iwae_stage
 from vae_lab.records.outputs import read_metrics
 from vae_lab.report.plots import DPI, WIDTH, figure_height
@@ -225,6 +225,16 @@ def test_presets_compose_to_their_recipe():
         for option in grid[group].split(","):
             assert (CONF_DIR / group / f"{option}.yaml").exists(), (group, option)
     assert hydra.mode == RunMode.MULTIRUN and grid.seed == "0,1"
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_preset_takes_every_model(preset):
+    """A preset leaves the networks to the model group: each model option composes with it
+    and builds for MNIST's shape (a preset that set mlp's keys broke model=conv)."""
+    for model in options("model"):
+        cfg = compose_config([f"experiment={preset}", f"model={model}"], shrink=False)
+        nets = instantiate(cfg.model, data_shape=(28, 28), latent_dim=cfg.latent_dim)
+        assert nets.feature_dim > 0, (preset, model)
 
 
 def test_iwae_schedule_stages():
