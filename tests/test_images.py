@@ -12,7 +12,7 @@ from matplotlib.image import imread
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from tests.conftest import compose_config
-from vae_lab.components.images import BORDER_VALUE, save_image_grid, tile
+from vae_lab.components.images import BORDER_VALUE, LABEL_MARGIN, save_image_grid, tile
 from vae_lab.model.module import VAE
 from vae_lab.training.build import build_datamodule
 from vae_lab.training.callbacks import PRIOR_SAMPLES_FILE, RECONSTRUCTIONS_FILE, ImageGrids
@@ -61,10 +61,11 @@ def fake_trainer(datamodule, run_dir, loggers=(), rank_zero=True) -> SimpleNames
     )
 
 
-def digit_in_cell(png: np.ndarray, n: int) -> np.ndarray:
-    """The 8 x 8 digit in cell n of a grid of 8 columns of digits enlarged 4 times."""
+def digit_in_cell(png: np.ndarray, n: int, margin: int = 0) -> np.ndarray:
+    """The 8 x 8 digit in cell n of a grid of 8 columns of digits enlarged 4 times, right of a
+    label margin of ``margin`` pixels."""
     row, col = divmod(n, 8)
-    top, left = 1 + 33 * row, 1 + 33 * col
+    top, left = 1 + 33 * row, margin + 1 + 33 * col
     return png[top : top + 32 : 4, left : left + 32 : 4, 0]
 
 
@@ -77,10 +78,15 @@ def test_callback_writes_prior_samples_and_reconstructions(digits_model, tmp_pat
     side = 8 * (4 * 8 + 1) + 1  # 64 digits, 8 x 8 enlarged 4 times, in 8 rows of 8
     samples = imread(tmp_path / PRIOR_SAMPLES_FILE)
     reconstructions = imread(tmp_path / RECONSTRUCTIONS_FILE)
-    assert samples.shape[:2] == reconstructions.shape[:2] == (side, side)
+    assert samples.shape[:2] == (side, side)
+    assert reconstructions.shape[:2] == (side, side + LABEL_MARGIN)
+    # rows of 8 inputs, each above the row of their 8 reconstructions
     test_images = datamodule.splits[2][:32].reshape(32, 8, 8).numpy()
-    originals = np.stack([digit_in_cell(reconstructions, 2 * k) for k in range(32)])
+    cells = [8 * (2 * (k // 8)) + k % 8 for k in range(32)]
+    originals = np.stack([digit_in_cell(reconstructions, n, LABEL_MARGIN) for n in cells])
     np.testing.assert_allclose(originals, test_images, atol=1 / 255)
+    labels = reconstructions[:, : LABEL_MARGIN - 2, 0]  # dark text on white, in every row
+    assert labels.max() == 1.0 and all(labels[33 * r : 33 * r + 33].min() < 0.5 for r in range(8))
     logged = {c.kwargs["key"]: c.kwargs["images"] for c in wandb.log_image.call_args_list}
     assert logged == {
         "prior_samples": [str(tmp_path / PRIOR_SAMPLES_FILE)],

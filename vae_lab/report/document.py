@@ -12,7 +12,7 @@ from vae_lab.report.table import Cell, headed, markdown_table, shown_metrics
 
 #: image grids that vae_lab.training.callbacks.ImageGrids leaves in every run folder
 RUN_IMAGES = (
-    ("reconstructions.png", "test images beside their reconstructions"),
+    ("reconstructions.png", "rows of test images (input) above their reconstructions (recon)"),
     ("prior_samples.png", "prior samples"),
 )
 

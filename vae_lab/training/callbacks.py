@@ -15,6 +15,8 @@ from vae_lab.model.module import VAE
 
 PRIOR_SAMPLES_FILE = "prior_samples.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
+GRID_COLUMNS = 8
+RECONSTRUCTION_ROWS = ("input", "recon")
 
 
 class PriorDataInit(pl.Callback):
@@ -36,8 +38,9 @@ class ImageGrids(pl.Callback):
 
     * ``prior_samples.png``: ``num_samples`` draws z ~ p(z) decoded to E[x|z], where blurry
       versus sharp samples show what the prior has learned;
-    * ``reconstructions.png``: up to ``num_reconstructions`` test images, each left of its
-      reconstruction E[x|z], z ~ q(z|x);
+    * ``reconstructions.png``: up to ``num_reconstructions`` test images, rows of inputs
+      (labelled "input"), each above the row of their reconstructions E[x|z], z ~ q(z|x)
+      (labelled "recon");
 
     and logs both with ``log_image`` to every W&B logger of the trainer, so a dashboard shows
     them as training goes. The draws come from a forked random stream: the images never change
@@ -49,18 +52,20 @@ class ImageGrids(pl.Callback):
         self.num_reconstructions = num_reconstructions
 
     @torch.no_grad()
-    def grids(self, trainer: pl.Trainer, model: VAE) -> dict[str, Tensor]:
-        """File name -> images [N, X] (flattened), in [0, 1]."""
+    def grids(self, trainer: pl.Trainer, model: VAE) -> dict[str, tuple[Tensor, int]]:
+        """File name -> images [N, X] (flattened), in [0, 1], and the grid's columns."""
 
         def decode(z: Tensor) -> Tensor:
             return model.likelihood.mean(model.decoder(z))
 
         x = next(iter(trainer.datamodule.test_dataloader()))[: self.num_reconstructions]
-        x = x.to(model.device)
-        pairs = torch.stack([x, decode(model.q(x).sample())], dim=1).flatten(0, 1)
+        columns = min(GRID_COLUMNS, len(x))
+        x = x[: len(x) - len(x) % columns].to(model.device)  # whole rows
+        rows = torch.stack([x, decode(model.q(x).sample())]).unflatten(1, (-1, columns))
+        pairs = rows.transpose(0, 1).flatten(0, 2)  # a row of inputs above their reconstructions
         return {
-            PRIOR_SAMPLES_FILE: decode(model.p_z().sample((self.num_samples,))),
-            RECONSTRUCTIONS_FILE: pairs,
+            PRIOR_SAMPLES_FILE: (decode(model.p_z().sample((self.num_samples,))), GRID_COLUMNS),
+            RECONSTRUCTIONS_FILE: (pairs, columns),
         }
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
@@ -75,9 +80,11 @@ class ImageGrids(pl.Callback):
         device = pl_module.device
         with forked_rng(device):
             grids = self.grids(trainer, pl_module)
-        for name, images in grids.items():
+        for name, (images, columns) in grids.items():
             path = Path(trainer.default_root_dir) / name
-            save_image_grid(image_batch(images, trainer.datamodule.image_shape), path)
+            labels = RECONSTRUCTION_ROWS if name == RECONSTRUCTIONS_FILE else ()
+            save_image_grid(image_batch(images, trainer.datamodule.image_shape), path,
+                            columns, labels)  # fmt: skip
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key=path.stem, images=[str(path)])
