@@ -1,9 +1,20 @@
-"""Amortised normalizing-flow posteriors: a diagonal Gaussian pushed through K invertible layers.
+"""Amortised normalizing-flow posteriors: a diagonal Gaussian's noise pushed through K
+invertible layers, then through the Gaussian's affine map.
 
-With z0 ~ q0(z|x) = N(mu(x), diag sigma(x)^2) and zk = f_k(z_{k-1}), the change of variables
-gives (Rezende & Mohamed 2015)
+With eps ~ N(0, I), u_k = f_k(u_{k-1}) from u_0 = eps, and z = mu(x) + sigma(x) * u_K, the
+change of variables gives (Rezende & Mohamed 2015)
 
-    log q(zK|x) = log q0(z0|x) - sum_k log |det df_k/dz_{k-1}|.
+    log q(z|x) = log N(eps; 0, I) - sum_k log |det df_k/du_{k-1}| - sum_i log sigma_i.
+
+With the layers the identity, q is the diagonal Gaussian q0(z|x) = N(mu, diag sigma^2). The
+layers act on the standardised coordinates u, not on z (the order of Rezende & Mohamed, and
+of Kingma et al.'s IAF, z_k = f_k(z_{k-1}) from z_0 ~ q0): so a layer's shift is in units of
+the posterior's scale sigma, and its networks see inputs of unit scale whatever mu and sigma
+are. Acting on z, a shift is absolute: the optimiser's jitter of its outputs (a step of
+Adam at lr 1e-2 moves a layer's shift by about lr |x| sqrt(F) through an encoder head with F
+inputs) is then a floor under q's spread that a posterior narrower than it cannot train past,
+and coupling networks meet inputs whose scale shrinks as sigma does; on pPCA both left flow
+families training worse models than the diagonal Gaussian they contain.
 
 Every layer f_k takes per-datapoint parameters from the posterior's raw parameter vector
 theta(x) (planar u, w, b; Sylvester matrices; for coupling and autoregressive layers a context
@@ -20,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Transform, TransformedDistribution, constraints
 
+from vae_lab.components.normal import StandardNormal
 from vae_lab.components.posteriors.base import PosteriorFamily
 from vae_lab.components.posteriors.gaussian import diagonal_gaussian
 
@@ -85,7 +97,8 @@ def near_identity_(weight: Tensor, bias: Tensor) -> None:
 
 
 class FlowPosterior(PosteriorFamily):
-    """theta = [mu | s | layer_1 params | ... | layer_K params]; q0 = N(mu, softplus(s)^2)."""
+    """theta = [mu | s | layer_1 params | ... | layer_K params]; q0 = N(mu, softplus(s)^2),
+    sigma = softplus(s) + MIN_SCALE."""
 
     def __init__(self, feature_dim: int, latent_dim: int, layers: list[FlowLayer]) -> None:
         self.layer_sizes = [layer.num_params for layer in layers]
@@ -101,6 +114,24 @@ class FlowPosterior(PosteriorFamily):
         return diagonal_gaussian(params[..., : 2 * self.latent_dim])
 
     def distribution(self, params: Tensor) -> FlowDistribution:
+        """N(0, I) through the layers, then through q0's affine map (module docstring)."""
         layer_params = params[..., 2 * self.latent_dim :].split(self.layer_sizes, dim=-1)
         transforms = [layer(p) for layer, p in zip(self.layers, layer_params, strict=True)]
-        return FlowDistribution(self.base_distribution(params), transforms)
+        base = self.base_distribution(params).base_dist
+        transforms.append(ElementwiseAffine(base.loc, base.scale))
+        return FlowDistribution(StandardNormal(torch.zeros_like(base.loc)), transforms)
+
+
+class ElementwiseAffine(FlowTransform):
+    """y = loc + scale * x, loc and scale [B, D], scale > 0."""
+
+    def __init__(self, loc: Tensor, scale: Tensor) -> None:
+        super().__init__()
+        self.loc, self.scale = loc, scale
+
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = self.scale.log().sum(-1).expand(x.shape[:-1])
+        return self.loc + self.scale * x, log_det
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return (y - self.loc) / self.scale

@@ -1,13 +1,28 @@
 """Full-covariance Gaussian posterior, q(z|x) = N(mu(x), L(x) L(x)^T).
 
-L is lower triangular with a positive diagonal (softplus), so L L^T is a valid covariance
-and the Cholesky factor is unique. Samples are z = mu + L eps, and the ELBO core takes their
+L is parameterised by the standard deviations s_i = softplus(r_i) + MIN_SCALE of the
+coordinates of z and a unit lower-triangular V (ones on the diagonal, free entries M below):
+row i of L is s_i v_i / ||v_i||, so that
+
+    Var(z_i) = (L L^T)_ii = s_i^2,   the correlations those of the unit rows v_i / ||v_i||
+
+(the Cholesky factor of the correlation matrix, as in the LKJ construction; Lewandowski,
+Kurowicka & Joe 2009). Every covariance has exactly one such (s, M), and M = 0 is the diagonal
+family. The head's rows for M start near zero (``flow.near_identity_``), so the family starts
+as the diagonal one does. Parameterised by L's entries directly, the off-diagonal ones add to
+the variances in absolute terms: the noise of a training step (Adam's jitter of the amortised
+entries) then puts a floor under q's spread that a narrow posterior cannot train past, and an
+outlying x, through the linear head, a variance that spikes the loss; on pPCA at a learning
+rate the diagonal family trains at, both left a far worse model. With s set apart, an entry of
+M can change only how z's coordinates correlate, never how far they spread.
+
+Samples are z = mu + L eps, and the ELBO core takes their
 log-density from eps, log N(eps; 0, I) - sum_i log L_ii
 (``vae_lab.estimators.elbo.reparameterize``): ``log_prob(z)`` solves L^-1 (z - mu) on a rounded z
 and is off by cond(L) x rounding, which training can push past 1e12. The KL to a diagonal Gaussian
-prior N(m, diag s^2) (such as N(0, I)) is analytic,
+prior N(m, diag t^2) (such as N(0, I)) is analytic,
 
-    KL = 1/2 (sum_i ((L L^T)_ii + (mu_i - m_i)^2) / s_i^2 - D + 2 sum_i log s_i - 2 sum_i log L_ii),
+    KL = 1/2 (sum_i ((L L^T)_ii + (mu_i - m_i)^2) / t_i^2 - D + 2 sum_i log t_i - 2 sum_i log L_ii),
 
 and registered with ``torch.distributions.kl_divergence`` for (MultivariateNormal,
 Independent(Normal)), so the ELBO core uses it instead of a Monte Carlo estimate.
@@ -28,6 +43,7 @@ from torch.distributions import (
 )
 
 from vae_lab.components.posteriors.base import PosteriorFamily
+from vae_lab.components.posteriors.flow import near_identity_
 from vae_lab.components.posteriors.gaussian import MIN_SCALE, raw_scale
 from vae_lab.components.posteriors.triangular import Triangular
 
@@ -39,17 +55,23 @@ class FullCovGaussian(PosteriorFamily):
         num_offdiag = latent_dim * (latent_dim - 1) // 2
         super().__init__(feature_dim, latent_dim, 2 * latent_dim + num_offdiag)
         self.lower = Triangular(latent_dim, upper=False)
+        near_identity_(
+            self.head.weight.data[2 * latent_dim :], self.head.bias.data[2 * latent_dim :]
+        )
 
     def distribution(self, params: Tensor) -> Distribution:
         d = self.latent_dim
         loc, raw_diag, offdiag = params.split([d, d, params.shape[-1] - 2 * d], dim=-1)
-        scale_tril = self.lower(F.softplus(raw_diag) + MIN_SCALE, offdiag)
+        scale = F.softplus(raw_diag) + MIN_SCALE
+        unit = self.lower(torch.ones_like(scale), offdiag)  # rows v_i = (M_i, 1, 0...)
+        scale_tril = unit * (scale / torch.linalg.vector_norm(unit, dim=-1)).unsqueeze(-1)
         return MultivariateNormal(loc, scale_tril=scale_tril)
 
     def gaussian_params(self, loc: Tensor, scale_tril: Tensor) -> Tensor:
         rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim, -1)
-        diag = raw_scale(scale_tril.diagonal(dim1=-2, dim2=-1))
-        return torch.cat([loc, diag, scale_tril[..., rows, cols]], dim=-1)
+        scale = torch.linalg.vector_norm(scale_tril, dim=-1)
+        offdiag = scale_tril[..., rows, cols] / scale_tril.diagonal(dim1=-2, dim2=-1)[..., rows]
+        return torch.cat([loc, raw_scale(scale), offdiag], dim=-1)
 
 
 @register_kl(MultivariateNormal, Independent)

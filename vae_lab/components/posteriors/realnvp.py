@@ -11,6 +11,13 @@ where [t, l~] is one ``ConditionalMLP`` per layer (weights shared by all datapoi
 log-scale is softly bounded for stability, l = L tanh(l~ / L) with L = ``SCALE_BOUND``. The
 context (``context_dim`` numbers per layer) is part of theta, so the inference-gap analysis
 can optimise it per datapoint.
+
+The network sees tanh(c), not c: the context comes from a linear head, whose outputs grow
+with the encoder's features and jitter with every optimiser step in proportion to them, and
+an unbounded c drives the network's tanh units into saturation, where a step flips them and
+the layer's shift and scale with them; on pPCA at a learning rate the diagonal family trains
+at, that sent training off to a far worse model. Bounded, its scale is the network's own
+weights' (shared by all datapoints), which the family keeps.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ class CouplingLayer(FlowLayer):
     def shift_and_log_scale(
         self, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        shift, raw = self.net(x * self.kept, context).chunk(2, dim=-1)
+        bounded = None if context is None else torch.tanh(context)
+        shift, raw = self.net(x * self.kept, bounded).chunk(2, dim=-1)
         free = 1.0 - self.kept
         return shift * free, SCALE_BOUND * torch.tanh(raw / SCALE_BOUND) * free
 

@@ -12,8 +12,16 @@ H-SNF), exactly orthogonal for any raw v. The diagonals are R~_ii = tanh(.) as i
 and R_ii = (1 - delta) tanh(.), delta = ``MIN_SLOPE``, so R_ii R~_ii > -(1 - delta): above the
 paper's bound -1 / sup h' = -1 by a margin that keeps f strictly invertible in floating point
 too (tanh rounds to +-1 from |x| ~ 9 in float32) and each log |det| term >= log delta.
-Every entry of Q, R, R~ and b comes from the encoder (theta); the layer has no shared
-weights. R starts near 0, so the layer starts near the identity.
+The entries off the diagonals are bounded too, R_ij = tanh(.) / sqrt(D) and likewise R~_ij, so
+that |(R h)_i| < 1 + sqrt(D): the layer acts on the standardised noise
+(``vae_lab.components.posteriors.flow``), which it then moves by less than 1 + sqrt(D) of the
+base's standard deviations in each coordinate of Q^T z. Unbounded, the off-diagonal entries
+shear the noise without changing the log-determinant the entropy sees; amortised through a
+linear head at a learning rate the diagonal family trains at, they drifted to tens, the
+layers' tanh saturated (constant shifts), and the base scale collapsed to its floor to undo
+the stretch, leaving a far worse model. Every entry of Q, R, R~ and b comes from the encoder
+(theta); the layer has no shared weights. R starts near 0, so the layer starts near the
+identity.
 
 The inverse has no closed form: with v = Q^T z, Q^T y = v + R h(R~ v + b) is upper triangular
 in v, solved by back substitution from the last coordinate, each step a scalar
@@ -103,6 +111,8 @@ class SylvesterLayer(FlowLayer):
     def forward(self, params: Tensor) -> SylvesterTransform:
         r_diag, r_upper, rt_diag, rt_upper, b, v = params.split(self.sizes, dim=-1)
         q = householder_product(v.unflatten(-1, (self.num_householder, self.latent_dim)))
+        bound = self.latent_dim**-0.5  # off the diagonal (module docstring)
+        r_upper, rt_upper = bound * torch.tanh(r_upper), bound * torch.tanh(rt_upper)
         r = self.triangular((1.0 - MIN_SLOPE) * torch.tanh(r_diag), r_upper)
         r_tilde = self.triangular(torch.tanh(rt_diag), rt_upper)
         return SylvesterTransform(q, r, r_tilde, b)
