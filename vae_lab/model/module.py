@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -49,37 +48,14 @@ from vae_lab.estimators.elbo import (
 from vae_lab.estimators.estimate import Estimate
 from vae_lab.estimators.fast_eval import Compiled, default_chunk_size
 from vae_lab.estimators.metrics import IWLogLikelihood
+from vae_lab.model.checkpoints import check_parameterizations, load_weights
 from vae_lab.model.objectives import ELBO, Objective
 from vae_lab.model.optimizer import OptimizerFactory, build_optimizer
 
 log = logging.getLogger(__name__)
 
-#: the global a refused checkpoint's pickle names, in torch's weights-only error
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
-
-
-def unreadable_checkpoint(err: Exception) -> str:
-    """Why ``torch.load(..., weights_only=True)`` failed, in one line: the code a refused
-    pickle would have run (named by torch's weights-only error), or the error's first line."""
-    text = str(err)
-    if unsafe := _UNSAFE_GLOBAL.search(text):
-        return (
-            f"refused: loading its pickle would call {unsafe[1]}; a checkpoint is loaded as "
-            "weights only, never running code it holds"
-        )
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    detail = next((line for line in lines if "WeightsUnpickler error" in line), None)
-    return f"{type(err).__name__}: {detail or (lines[0] if lines else '')}"
-
-
-def _load_weights(path: Path, map_location: str | torch.device) -> Any:
-    """``torch.load`` of a checkpoint as weights only; a failure as one ConfigError."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # any failure to read is the file's
-        raise ConfigError(f"{path} cannot be loaded: {unreadable_checkpoint(err)}") from err
 
 
 class VAE(pl.LightningModule):
@@ -172,7 +148,7 @@ class VAE(pl.LightningModule):
         checkpoint carries for resuming is left unused.
         """
         path = Path(checkpoint_path).expanduser()
-        checkpoint = _load_weights(path, map_location or "cpu")
+        checkpoint = load_weights(path, map_location or "cpu")
         stamp = checkpoint.get("vae_lab") if isinstance(checkpoint, dict) else None
         if not isinstance(stamp, dict) or not {"config", "data_dim"} <= stamp.keys():
             raise ConfigError(
@@ -182,6 +158,7 @@ class VAE(pl.LightningModule):
             )
         cfg = upgraded(OmegaConf.create(stamp["config"]))
         model = cls.from_config(cfg, stamp["data_dim"], stamp.get("image_shape"))
+        check_parameterizations(model, stamp, path)
         model.load_state_dict(checkpoint["state_dict"])
         return model.to(map_location or "cpu").eval()
 

@@ -27,7 +27,8 @@ from vae_lab.config.compose import compose_default, override_key
 from vae_lab.config.identity import config_hash, identity
 from vae_lab.config.targets import upgraded
 from vae_lab.config.validation import ConfigError, validate
-from vae_lab.model.module import VAE, unreadable_checkpoint
+from vae_lab.model.checkpoints import check_parameterizations, unreadable_checkpoint
+from vae_lab.model.module import VAE
 from vae_lab.records.interrupts import resume_command
 from vae_lab.records.outputs import (
     EVAL_FILE,
@@ -207,6 +208,7 @@ def load_model(
         )
     check_trained_under(checkpoint, run.ckpt_path, run.run_dir)
     model = VAE.from_config(cfg, data_dim, image_shape)
+    check_parameterizations(model, stamp, run.ckpt_path)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:  # weights of other shapes or names: Lightning lists every

@@ -24,6 +24,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from vae_lab.config.compose import override_key
 from vae_lab.config.identity import choices_of, config_hash, identity
 from vae_lab.config.validation import ConfigError, validate
+from vae_lab.model.checkpoints import check_parameterizations
+from vae_lab.model.module import VAE
 from vae_lab.records.interrupts import resume_command
 from vae_lab.records.outputs import (
     EVAL_LOCK,
@@ -177,6 +179,10 @@ def resume_config(
     if last.is_file():
         checkpoint = read_checkpoint(last, f"resume={folder}: {last} cannot be resumed from")
         check_trained_under(checkpoint, last, folder)
+        stamp = checkpoint.get("vae_lab", {})
+        if "data_dim" in stamp:  # the model's families, built without data, against the file's
+            model = VAE.from_config(runs_with, stamp["data_dim"], stamp.get("image_shape"))
+            check_parameterizations(model, stamp, last)
         check_extends(runs_with, checkpoint, changes, record.get("status"), folder)
     kept = None
     if rank_zero_only.rank == 0:  # not under an evaluation still writing (a run ever evaluated)

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from vae_lab.components.data import InMemoryDataModule
 from vae_lab.config.instantiate import component
 from vae_lab.config.validation import ConfigError
+from vae_lab.model.checkpoints import parameterizations
 
 
 def build_datamodule(cfg: DictConfig) -> InMemoryDataModule:
@@ -40,8 +41,9 @@ class RunStamp(pl.Callback):
     """Writes into every checkpoint (``checkpoint["vae_lab"]``) what identifies its run and
     rebuilds its model: the run's id and config hash, so that ``vae_lab.evaluate`` can refuse a
     checkpoint of another run, and the run's resolved config (plain containers, which load as
-    weights only) with the data dimension, so that ``VAE.load_from_checkpoint`` rebuilds the
-    model from the file alone."""
+    weights only) with the data's shape, so that ``VAE.load_from_checkpoint`` rebuilds the
+    model from the file alone, and the version of each posterior family's parameterization,
+    so that weights of an older one are refused rather than read as another q."""
 
     def __init__(self, cfg: DictConfig, stamp: dict[str, str] | None = None) -> None:
         self.stamp = {**(stamp or {}), "config": OmegaConf.to_container(cfg, resolve=True)}
@@ -49,7 +51,7 @@ class RunStamp(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["vae_lab"] = dict(self.stamp)
+        checkpoint["vae_lab"] = {**self.stamp, "parameterizations": parameterizations(pl_module)}
         if trainer.datamodule is not None:
             checkpoint["vae_lab"]["data_dim"] = trainer.datamodule.data_dim
             checkpoint["vae_lab"]["image_shape"] = list(trainer.datamodule.image_shape)

@@ -27,6 +27,9 @@ class PosteriorFamily(nn.Module):
     #: whether ``log_prob(params, z)`` is exact at any z (False where the layers have no
     #: closed-form inverse): the STL and DReG gradients need it
     exact_log_prob: bool = True
+    #: the version of what the family's weights mean, raised by a change after which a
+    #: checkpoint's weights would give another q (checkpoints record it: ``parameterizations``)
+    parameterization: int = 1
 
     def __init__(self, feature_dim: int, latent_dim: int, num_params: int) -> None:
         super().__init__()

@@ -100,6 +100,8 @@ class FlowPosterior(PosteriorFamily):
     """theta = [mu | s | layer_1 params | ... | layer_K params]; q0 = N(mu, softplus(s)^2),
     sigma = softplus(s) + MIN_SCALE."""
 
+    parameterization = 2  # 1: the layers acted on z, not on the standardised noise
+
     def __init__(self, feature_dim: int, latent_dim: int, layers: list[FlowLayer]) -> None:
         self.layer_sizes = [layer.num_params for layer in layers]
         super().__init__(feature_dim, latent_dim, 2 * latent_dim + sum(self.layer_sizes))

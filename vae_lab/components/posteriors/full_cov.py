@@ -50,6 +50,7 @@ from vae_lab.components.posteriors.triangular import Triangular
 
 class FullCovGaussian(PosteriorFamily):
     gaussian = True
+    parameterization = 2  # 1: L's entries themselves, not scales and a correlation factor
 
     def __init__(self, feature_dim: int, latent_dim: int) -> None:
         num_offdiag = latent_dim * (latent_dim - 1) // 2
