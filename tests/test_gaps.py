@@ -20,8 +20,8 @@ from vae_lab.estimators.gaps import (
     fit_qstar,
     moment_matched_theta,
     prior_theta,
-    qstar_residual,
 )
+from vae_lab.estimators.residual import qstar_residual
 from vae_lab.model.module import VAE
 from vae_lab.training.build import build_datamodule, build_trainer
 

@@ -33,14 +33,8 @@ parameters detached), which leaves the gradient unbiased and makes its variance 
 q equals the posterior, so q* can reach the optimum instead of a noise floor; flows keep the
 plain reparameterised gradient (their log q at a given z needs an inverse).
 
-``eval/qstar_residual``, the ELBO still to gain when q* stopped, is measured: q* is continued
-for ``residual_steps`` more steps at each datapoint's final step size with
-``residual_sample_factor`` times the samples, and the ELBOs before and after are compared on the
-same draws of the noise (common random numbers), so that their difference is not drowned in
-the Monte Carlo noise of either. It estimates what more optimisation gains, a lower estimate
-of the distance to the optimum where progress slows; the approximation gap is overestimated
-(and the amortization gap underestimated) by about this much, an error its stderr, Monte
-Carlo only, does not cover.
+``eval/qstar_residual``, the ELBO still to gain when q* stopped, and the probe that releases a
+datapoint the step-size rule froze short of its optimum: ``vae_lab.estimators.residual``.
 
 theta starts from the encoder (``qstar_init=encoder``) or from the prior (``prior``). From the
 prior it is the one theta_0 = argmax_theta -KL(q_theta || p(z)) found by the same optimiser (an
@@ -68,7 +62,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -79,20 +73,16 @@ from vae_lab.components.posteriors import PosteriorFamily
 from vae_lab.components.posteriors.gaussian import raw_scale
 from vae_lab.estimators.elbo import (
     LogLikelihood,
-    chunks,
     elbo_terms,
     log_importance_weights,
     log_weights_of_noise,
     reparameterize,
     rsample_with_log_prob,
 )
-from vae_lab.estimators.estimate import Estimate, Figure, StreamedMean
+from vae_lab.estimators.estimate import Figure
 from vae_lab.estimators.newton import (
-    Gaussian,
     RowsLogLikelihood,
-    curvature,
     fit_newton,
-    joint,
 )
 
 log = logging.getLogger(__name__)
@@ -239,62 +229,6 @@ def objective(
         log_q = log_q.detach() + stopped - stopped.detach()
         return (log_likelihood(z) + prior.log_prob(z) - log_q).mean(0)
     return elbo_terms(q, prior, log_likelihood, num_samples).elbo
-
-
-def qstar_residual(
-    family: PosteriorFamily,
-    prior: Distribution,
-    log_likelihood: RowsLogLikelihood,
-    fit: QStarFit,
-    settings: QStarSettings,
-    num_samples: int,
-    chunk_size: int,
-    seed: int = 0,
-) -> Estimate:
-    """The ELBO still to gain from q* per datapoint. For a Gaussian family, R of
-    ``vae_lab.estimators.newton`` at q*, the mean of ``residual_sample_factor`` estimates from
-    ``num_samples`` antithetic pairs each, with the variance of that mean; for any other,
-    ELBO(theta') - ELBO(theta*), theta' = theta* continued (module docstring), both from the
-    same ``num_samples`` draws of the noise (``chunk_size`` at a time), with the Monte Carlo
-    variance of that paired difference."""
-    if family.gaussian:
-        return newton_residual(family, prior, log_likelihood, fit.theta, settings)
-    more = replace(
-        settings,
-        num_samples=settings.num_samples * settings.residual_sample_factor,
-        max_steps=settings.residual_steps,
-        tol=-math.inf,  # every window improves: no datapoint freezes
-    )
-    continued = fit_qstar(family, prior, log_likelihood, fit.theta, more, rate0=fit.rate).theta
-    rows = torch.arange(fit.theta.shape[0], device=fit.theta.device)
-    gain = StreamedMean()
-    for start, n in chunks(num_samples, chunk_size):
-        log_w = []
-        for theta in (fit.theta, continued):
-            with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                torch.manual_seed(seed + start)
-                q = family.distribution(theta)
-                log_w.append(log_importance_weights(q, prior, log_likelihood(rows), n)[0])
-        gain.update(log_w[1] - log_w[0])
-    return gain.estimate()
-
-
-def newton_residual(
-    family: PosteriorFamily,
-    prior: Distribution,
-    log_likelihood: RowsLogLikelihood,
-    theta: Tensor,
-    settings: QStarSettings,
-) -> Estimate:
-    """``qstar_residual`` of a Gaussian family: the quadratic model's R at theta [N, P]."""
-    rows = torch.arange(theta.shape[0], device=theta.device)
-    q, ll = Gaussian.of(family.distribution(theta)), log_likelihood(rows)
-    draws = torch.stack([
-        curvature(joint(prior, ll), q, settings.num_samples, theta.dtype)
-        .remaining(q)
-        for _ in range(settings.residual_sample_factor)
-    ])  # fmt: skip
-    return Estimate(draws.mean(0), draws.var(0) / len(draws))
 
 
 def warn_if_residual_matters(residual: Figure, gap_stderr: float) -> bool:

@@ -47,8 +47,9 @@ class BDMC(Stage):
             z, x = simulate(prior, lambda z: model.likelihood(model.decoder(z)), ev.bdmc_points)
             if start:
                 family, _ = ctx.results["qstar"].state["fits"][start.removeprefix("_qstar")]
-                q = family.distribution(fit(model, family, x, settings_of(ctx.cfg),
-                                            ev.qstar_init).theta)  # fmt: skip
+                found = fit(model, family, x, settings_of(ctx.cfg), ev.qstar_init,
+                            ctx.num_samples, ctx.chunk_size)  # fmt: skip
+                q = family.distribution(found.theta)
             else:
                 with torch.no_grad():
                     q = model.q(x)

@@ -34,13 +34,12 @@ from vae_lab.estimators.gaps import (
     QStarFit,
     QStarSettings,
     RowsLogLikelihood,
-    fit_qstar,
     mean_moved_theta,
     moment_matched_theta,
     prior_theta,
-    qstar_residual,
     qstar_start,
 )
+from vae_lab.estimators.residual import fit_released, qstar_residual
 from vae_lab.evaluation.stage import Context, Stage, StageResult
 from vae_lab.evaluation.stages.iw import iw_result
 from vae_lab.model.module import VAE
@@ -117,9 +116,17 @@ def rows_of(model: VAE, points: Tensor) -> RowsLogLikelihood:
 
 
 def fit(
-    model: VAE, family: PosteriorFamily, points: Tensor, settings: QStarSettings, init: str
+    model: VAE,
+    family: PosteriorFamily,
+    points: Tensor,
+    settings: QStarSettings,
+    init: str,
+    num_samples: int,
+    chunk_size: int,
 ) -> QStarFit:
-    """q* on the points from the best of its candidate starts (module docstring)."""
+    """q* on the points from the best of its candidate starts (module docstring), released
+    where it stopped short (``vae_lab.estimators.residual.fit_released``, whose probe of the
+    ELBO still to gain takes ``num_samples`` draws, ``chunk_size`` at a time)."""
     prior = model.p_z()
     with torch.no_grad():
         own = init == "encoder" and family is model.posterior  # a fallback start
@@ -134,7 +141,8 @@ def fit(
             moved = mean_moved_theta(theta0, near_q, family.latent_dim)
             candidates = [near_q, theta0, moved]
             theta0 = qstar_start(family, prior, model.log_likelihood(points), candidates)
-    return fit_qstar(family, prior, rows_of(model, points), theta0, settings, progress=True)
+    return fit_released(family, prior, rows_of(model, points), theta0, settings, num_samples,
+                        chunk_size, progress=True)  # fmt: skip
 
 
 class QStar(Stage):
@@ -163,7 +171,7 @@ class QStar(Stage):
             start = time.perf_counter()
             family.to(x.device)
             with ctx.seeded(f"qstar{suffix}"):
-                found = fit(model, family, x, settings, init)
+                found = fit(model, family, x, settings, init, k, chunk)
                 part = iw_result(
                     ctx,
                     lambda r, f=family, t=found.theta: model.iw_estimate(
