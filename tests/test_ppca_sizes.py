@@ -178,7 +178,7 @@ def ill_conditioned(tmp_path_factory) -> tuple[VAE, torch.Tensor]:
 
 
 #: the factor that makes the trained encoder's Cholesky factor ill-conditioned
-ILL = 1e2
+ILL = 1e3
 
 
 def test_an_ill_conditioned_full_cov_posterior_gives_a_finite_iw_estimate(ill_conditioned):

@@ -14,7 +14,11 @@ the variances in absolute terms: the noise of a training step (Adam's jitter of 
 entries) then puts a floor under q's spread that a narrow posterior cannot train past, and an
 outlying x, through the linear head, a variance that spikes the loss; on pPCA at a learning
 rate the diagonal family trains at, both left a far worse model. With s set apart, an entry of
-M can change only how z's coordinates correlate, never how far they spread.
+M can change only how z's coordinates correlate, never how far they spread. M is also
+``CORRELATION_RATE`` times its entries of theta: Adam moves every raw parameter by about its
+learning rate a step whatever the gradient's size, and the correlations, whose gradient is
+weak against its Monte Carlo noise, tolerate a tenth of the step the mean and the scales take
+(the jitter the optimiser leaves in them, and its cost to the ELBO, shrink with the step).
 
 Samples are z = mu + L eps, and the ELBO core takes their
 log-density from eps, log N(eps; 0, I) - sum_i log L_ii
@@ -47,6 +51,9 @@ from vae_lab.components.posteriors.flow import near_identity_
 from vae_lab.components.posteriors.gaussian import MIN_SCALE, raw_scale
 from vae_lab.components.posteriors.triangular import Triangular
 
+#: M = CORRELATION_RATE x its entries of theta (module docstring)
+CORRELATION_RATE = 0.1
+
 
 class FullCovGaussian(PosteriorFamily):
     gaussian = True
@@ -64,7 +71,7 @@ class FullCovGaussian(PosteriorFamily):
         d = self.latent_dim
         loc, raw_diag, offdiag = params.split([d, d, params.shape[-1] - 2 * d], dim=-1)
         scale = F.softplus(raw_diag) + MIN_SCALE
-        unit = self.lower(torch.ones_like(scale), offdiag)  # rows v_i = (M_i, 1, 0...)
+        unit = self.lower(torch.ones_like(scale), CORRELATION_RATE * offdiag)  # (M_i, 1, 0...)
         scale_tril = unit * (scale / torch.linalg.vector_norm(unit, dim=-1)).unsqueeze(-1)
         return MultivariateNormal(loc, scale_tril=scale_tril)
 
@@ -72,7 +79,7 @@ class FullCovGaussian(PosteriorFamily):
         rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim, -1)
         scale = torch.linalg.vector_norm(scale_tril, dim=-1)
         offdiag = scale_tril[..., rows, cols] / scale_tril.diagonal(dim1=-2, dim2=-1)[..., rows]
-        return torch.cat([loc, raw_scale(scale), offdiag], dim=-1)
+        return torch.cat([loc, raw_scale(scale), offdiag / CORRELATION_RATE], dim=-1)
 
 
 @register_kl(MultivariateNormal, Independent)
