@@ -50,7 +50,7 @@ def older(trained_flow, tmp_path) -> Path:
 
 def test_checkpoints_record_the_families_version(trained_flow):
     stamp = torch.load(trained_flow / "checkpoints" / "last.ckpt", weights_only=True)["vae_lab"]
-    assert stamp["parameterizations"] == {"RealNVP": 2}
+    assert stamp["parameterizations"] == {"RealNVP": 3}
     assert VAE.load_from_checkpoint(trained_flow / "checkpoints" / "last.ckpt") is not None
 
 
@@ -73,5 +73,5 @@ def test_weights_of_an_older_parameterization_are_refused(command, older, monkey
         message = stderr.strip()
     assert "\n" not in message
     assert "version 1 of the RealNVP posterior's parameterization" in message, message
-    assert "now version 2" in message, message
+    assert "now version 3" in message, message
     assert snapshot(older) == before

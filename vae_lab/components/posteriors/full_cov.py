@@ -57,7 +57,9 @@ CORRELATION_RATE = 0.1
 
 class FullCovGaussian(PosteriorFamily):
     gaussian = True
-    parameterization = 2  # 1: L's entries themselves, not scales and a correlation factor
+    # 1: L's entries themselves, not scales and a correlation factor; 2: M not scaled by
+    # CORRELATION_RATE
+    parameterization = 3
 
     def __init__(self, feature_dim: int, latent_dim: int) -> None:
         num_offdiag = latent_dim * (latent_dim - 1) // 2

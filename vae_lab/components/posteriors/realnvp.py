@@ -82,6 +82,10 @@ class CouplingLayer(FlowLayer):
 class RealNVP(FlowPosterior):
     """q0(z|x) pushed through ``num_flows`` affine coupling layers with alternating masks."""
 
+    # 1: the layers acted on z; 2: the couplings bounded as the flow prior's (SCALE_BOUND, no
+    # shift bound)
+    parameterization = 3
+
     def __init__(
         self, feature_dim: int, latent_dim: int, num_flows: int, hidden_dim: int, context_dim: int
     ) -> None:
