@@ -151,7 +151,7 @@ def fit_qstar(
     if family.gaussian and settings.newton_steps:
         newton = fit_newton(
             family, prior, log_likelihood, theta0, settings.newton_steps, settings.num_samples,
-            noise, settings.tol,
+            noise, settings.tol, progress,
         )  # fmt: skip
         theta0, newton_steps = newton.theta, newton.steps
         rate = torch.where(newton.converged, 0.0, rate)

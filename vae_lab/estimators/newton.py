@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal
+from tqdm import tqdm
 
 from vae_lab.components.posteriors import PosteriorFamily
 from vae_lab.estimators.elbo import LogLikelihood, log_weights_of_noise
@@ -169,25 +170,31 @@ def fit_newton(
     num_pairs: int,
     noise: Tensor,
     tol: float,
+    progress: bool = False,
 ) -> NewtonFit:
     """Newton updates of a Gaussian family's theta [N, P] (module docstring) until each
     datapoint's R falls below ``tol`` nats or ``max_steps`` updates ran. An update is accepted
     where the ELBO on the given noise [S, 1, D] (common random numbers) does not fall by more
-    than three of its paired stderrs; else its step is halved, up to MAX_HALVINGS times."""
+    than three of its paired stderrs; else its step is halved, up to MAX_HALVINGS times.
+    ``progress`` shows a bar of the updates (each costs D Hessian-vector products a sample:
+    minutes on a convolutional decoder)."""
     theta = theta0.detach().clone()
     converged = torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
     active = torch.arange(theta.shape[0], device=theta.device)
     steps = 0
-    while steps < max_steps and len(active):
-        steps += 1
-        q = Gaussian.of(family.distribution(theta[active]))
-        c = curvature(joint(prior, log_likelihood(active)), q, num_pairs, theta.dtype)
-        done = c.remaining(q) < tol
-        converged[active[done]] = True
-        active, q, c = active[~done], q.take(~done), c.take(~done)
-        if len(active):
-            ll = log_likelihood(active)
-            theta[active] = damped(family, prior, ll, theta[active], q, c, noise)
+    with tqdm(total=max_steps, desc="q* Newton", disable=not progress, leave=False) as bar:
+        while steps < max_steps and len(active):
+            steps += 1
+            q = Gaussian.of(family.distribution(theta[active]))
+            c = curvature(joint(prior, log_likelihood(active)), q, num_pairs, theta.dtype)
+            done = c.remaining(q) < tol
+            converged[active[done]] = True
+            active, q, c = active[~done], q.take(~done), c.take(~done)
+            if len(active):
+                ll = log_likelihood(active)
+                theta[active] = damped(family, prior, ll, theta[active], q, c, noise)
+            bar.update()
+            bar.set_postfix(converged=f"{int(converged.sum())}/{len(converged)}")
     return NewtonFit(theta, converged, steps)
 
 
