@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import get_class
 
 from tests.conftest import REPO, SHRINK, compose_config, options, report_cli
@@ -185,5 +186,8 @@ def test_every_option_composes_and_builds(group):
         if group == "data" and option not in ("digits", "linear_gaussian"):
             continue  # a file dataset: read in tests/test_data.py
         datamodule = build_datamodule(cfg)
-        model = VAE.from_config(cfg, datamodule.data_dim)
-        assert model.posterior.latent_dim == cfg.latent_dim, option
+        model = VAE.from_config(cfg, datamodule.data_dim, datamodule.image_shape)
+        # q over one latent: cfg.latent_dim, or more (model=hierarchical's (z1, z2))
+        assert model.posterior.latent_dim >= cfg.latent_dim, option
+        q = model.q(torch.zeros(2, datamodule.data_dim))
+        assert q.event_shape[-1] == model.posterior.latent_dim, option
