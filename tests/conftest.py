@@ -201,3 +201,18 @@ def report_cli(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory) -> Path:
+    """A sweep folder of two finished runs (``sweep/0``, ``sweep/1``), made once for the whole
+    session: a test copies it before it changes anything."""
+    sweep = tmp_path_factory.mktemp("finished") / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_lab.run", "-m", *SHRINK, "logger=csv", "seed=0,1",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep

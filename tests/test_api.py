@@ -129,6 +129,7 @@ def test_import_vae_lab_leaves_torch_unloaded():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.slow  # a whole run in a subprocess: make test-full
 def test_example_trains_a_run_and_uses_its_model(tmp_path):
     """examples/load_run.py as a user runs it, with no run folder (a few-second run first)."""
     grid = tmp_path / "samples.png"

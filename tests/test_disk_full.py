@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.test_faults import EVAL_QUICK, finished, invoke, snapshot  # noqa: F401
+from tests.test_faults import EVAL_QUICK, invoke, snapshot
 from tests.test_resume_transaction import one_line
 from vae_lab.records import outputs
 from vae_lab.records.outputs import EVAL_LOCK, WriteError, read_metrics, write_json
@@ -53,7 +53,7 @@ def full_disk(monkeypatch) -> None:
 
 
 @pytest.fixture
-def run_dir(finished, tmp_path) -> Path:  # noqa: F811
+def run_dir(finished, tmp_path) -> Path:
     shutil.copytree(finished / "0", tmp_path / "run")
     return tmp_path / "run"
 

@@ -44,6 +44,7 @@ def ckpt(tmp_path_factory) -> str:
     return str(run_dir / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_a_ddp_run_records_the_test_figures_of_its_checkpoint(tmp_path):
     """Two processes train; rank 0 tests the best checkpoint: its figures are those of the
     checkpoint tested in one process."""

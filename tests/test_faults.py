@@ -51,20 +51,6 @@ def invoke(module: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]
     return status, capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A sweep folder of two finished runs (``sweep/0``, ``sweep/1``), made once."""
-    sweep = tmp_path_factory.mktemp("finished") / "sweep"
-    result = subprocess.run(
-        [sys.executable, "-m", "vae_lab.run", "-m", *SHRINK, "logger=csv", "seed=0,1",
-         f"hydra.sweep.dir={sweep}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return sweep
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` but the appended logs (``run.log``): path -> sha256."""
     return {
@@ -414,6 +400,7 @@ def test_several_evaluations_each_fail_alone(finished, tmp_path, monkeypatch, ca
     assert json.loads((runs[1] / "eval.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_re_evaluating_a_run_keeps_each_earlier_eval_json(finished, tmp_path, monkeypatch, capsys):
     shutil.copytree(finished / "0", tmp_path / "run")
     for num_samples in (20, 30, 40):

@@ -9,10 +9,7 @@ changed; a config edited after training is refused as another config than the ch
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ import torch
 import yaml
 
 import vae_lab
-from tests.conftest import REPO, SHRINK
 from tests.test_faults import invoke, snapshot
 from vae_lab.config.validation import ConfigError
 from vae_lab.model.module import VAE
@@ -28,17 +24,10 @@ from vae_lab.model.module import VAE
 CHECKPOINTS = ("last.ckpt", "best.ckpt")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished run folder, made once; each test works on its own copy."""
-    folder = tmp_path_factory.mktemp("trained") / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "vae_lab.run", *SHRINK, "logger=csv", f"hydra.run.dir={folder}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder
+@pytest.fixture
+def trained(finished) -> Path:
+    """A finished run folder (the session's sweep's first job); each test works on a copy."""
+    return finished / "0"
 
 
 @pytest.fixture

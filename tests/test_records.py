@@ -105,10 +105,22 @@ def tree_hash(folder: Path) -> dict[str, str]:
 
 
 def run_cli(*argv: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vae_lab.run", *argv], cwd=REPO, capture_output=True, text=True,
-        timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-    )  # fmt: skip
+    return run_clis([argv], **env)[0]
+
+
+def run_clis(commands: list[tuple[str, ...]], **env: str) -> list[subprocess.CompletedProcess]:
+    """``python -m vae_lab.run ARGV`` for each argv, side by side (one thread each)."""
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "vae_lab.run", *argv], cwd=REPO, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+        for argv in commands
+    ]  # fmt: skip
+    ended = []
+    for process, argv in zip(processes, commands, strict=True):
+        stdout, stderr = process.communicate(timeout=600)
+        ended.append(subprocess.CompletedProcess(argv, process.returncode, stdout, stderr))
+    return ended
 
 
 def csv_rows(folder: Path) -> list[dict[str, str]]:
@@ -116,16 +128,18 @@ def csv_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_sigterm_then_resume_from_the_folder_alone_equals_an_uninterrupted_run(tmp_path):
     # 4 epochs of 3 steps, validation every epoch; SIGTERM after step 7, mid-way through the
     # third epoch: the resumed run starts again from the checkpoint of the second epoch
     base = [*SHRINK, "trainer.max_epochs=4",
             "trainer.log_every_n_steps=1", "trainer.deterministic=true", "logger=csv"]  # fmt: skip
-    straight = run_cli(*base, f"hydra.run.dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-3000:]
     folder = tmp_path / "resumed"
-    stopped = run_cli(*base, "+fault=sigterm", "callbacks.fault.at_step=7",
-                      f"hydra.run.dir={folder}")  # fmt: skip
+    straight, stopped = run_clis([  # side by side
+        (*base, f"hydra.run.dir={tmp_path / 'straight'}"),
+        (*base, "+fault=sigterm", "callbacks.fault.at_step=7", f"hydra.run.dir={folder}"),
+    ])  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-3000:]
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert read_metrics(folder)["status"] == "interrupted"
     hydra_before = tree_hash(folder / ".hydra")

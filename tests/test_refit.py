@@ -61,6 +61,7 @@ def test_refitted_prior_raises_the_likelihood_of_held_out_codes_over_the_standar
     assert refitted.sample(7).shape == (7, cfg.latent_dim)
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_evaluate_reports_the_refitted_priors(trained_run):
     record = main(
         [f"run_dir={trained_run}", *QUICK, *REFIT_QUICK, "eval.refit_prior=[mixture,diffusion]"]

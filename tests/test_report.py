@@ -181,7 +181,7 @@ def test_unreadable_metrics_is_listed(sweep):
     assert rows(report)["gaussian"][2] == "1"
 
 
-@pytest.mark.parametrize("case", ["empty", "missing"])
+@pytest.mark.parametrize("case", [pytest.param("empty", marks=pytest.mark.slow), "missing"])
 def test_a_folder_without_runs_is_one_line(tmp_path, case):
     folder = tmp_path / case
     if case == "empty":

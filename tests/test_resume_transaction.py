@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import SHRINK
-from tests.test_faults import finished, invoke, snapshot  # noqa: F401 (finished: a fixture)
+from tests.test_faults import invoke, snapshot
 from vae_lab.config.validation import ConfigError
 from vae_lab.records.interrupts import resume_command
 from vae_lab.records.outputs import read_metrics
@@ -25,7 +25,7 @@ from vae_lab.records.run_folder import RunFolder, load_model, saved_config
 
 
 @pytest.fixture
-def run_dir(finished, tmp_path) -> Path:  # noqa: F811
+def run_dir(finished, tmp_path) -> Path:
     """A copy of a finished run: completed, one epoch of three steps (debug=fast)."""
     shutil.copytree(finished / "0", tmp_path / "run")
     return tmp_path / "run"

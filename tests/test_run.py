@@ -146,6 +146,7 @@ def _run_cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_unknown_option_lists_the_valid_ones(tmp_path):
     result = _run_cli("posterior=nope", tmp_path=tmp_path)
     assert result.returncode != 0

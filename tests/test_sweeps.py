@@ -111,6 +111,7 @@ def test_grid_sweep_completes_and_reports(launcher, tmp_path):
         assert image.shape[:2] == (round(figure_height(2) * DPI), round(WIDTH * DPI)), plot
 
 
+@pytest.mark.slow  # a two-job sweep in a subprocess: make test-full
 def test_failing_job_is_isolated_and_reported(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_sweep(sweep_dir, "+fault=none,nan_loss")

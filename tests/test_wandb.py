@@ -126,6 +126,7 @@ def wandb_sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_each_job_is_its_own_run_grouped_with_its_replicates(wandb_sweep):
     runs = [wandb_run(wandb_sweep / job)["run"] for job in ("0", "1")]
     assert runs[0].run_id != runs[1].run_id  # wandb.finish() between the jobs
@@ -141,6 +142,7 @@ def test_each_job_is_its_own_run_grouped_with_its_replicates(wandb_sweep):
         assert run.display_name.startswith(f"{posterior}-standard-")
 
 
+@pytest.mark.slow  # a run and its resume: make test-full
 def test_a_resumed_job_keeps_the_labels_it_started_with(wandb_sweep, tmp_path):
     """Resumed by ``resume=DIR`` (here a copy of the sweep's second job, as a run moved to
     another disk), the run is labelled by the job that started it, not by the command line."""
