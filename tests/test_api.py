@@ -119,6 +119,7 @@ def test_load_refuses_what_is_not_a_run_folder(tmp_path):
         vae_lab.load(tmp_path)
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_import_vae_lab_leaves_torch_unloaded():
     """The API is imported on first use: the command lines start without it."""
     code = (

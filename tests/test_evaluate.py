@@ -185,6 +185,7 @@ def test_missing_checkpoint_is_one_line_from_the_command_line(tmp_path):
     ]
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_linear_gaussian_run_matches_its_exact_log_px(tmp_path):
     """The acceptance check: a full-covariance q on probabilistic PCA has no approximation gap,
     and the run's IW test/log_px agrees with the exact log p(x) of the decoder as trained."""

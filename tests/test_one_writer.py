@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, SHRINK
 from vae_lab.records.outputs import RUN_LOCK, held_by_another, read_metrics
 
@@ -36,6 +38,7 @@ def test_two_runs_started_together_into_one_folder_leave_one_run(tmp_path):
     assert record["status"] == "completed" and record["seed"] == winner[0]
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_a_run_still_training_refuses_a_resume_and_an_evaluation(tmp_path):
     folder = tmp_path / "run"
     live = start(*SHRINK, "trainer.max_epochs=100000", f"hydra.run.dir={folder}")
@@ -60,6 +63,7 @@ def test_a_run_still_training_refuses_a_resume_and_an_evaluation(tmp_path):
     assert not held_by_another(folder)  # the lock went with the process
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_a_folder_whose_claim_was_made_is_refused(tmp_path):
     """The claim is the folder's ``.hydra/``: a folder that has one holds a run, even one that
     died before its first record."""

@@ -195,6 +195,7 @@ def test_a_folder_without_runs_is_one_line(tmp_path, case):
     assert result.stderr == expected + "\n"
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_cli_writes_the_report(sweep):
     result = report_cli(str(sweep))
     assert result.returncode == 0, result.stderr

@@ -34,6 +34,7 @@ def sweep(tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_malformed_records_are_listed_and_the_rest_reported(sweep):
     result = report_cli(str(sweep))
     assert result.returncode == 0, result.stderr

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REPO, SHRINK
 from vae_lab.records.outputs import read_metrics
 
 
+@pytest.mark.slow  # make test-full (make test stays under 5 minutes)
 def test_sigterm_during_a_long_test_stage_stops_it_at_once(tmp_path):
     folder = tmp_path / "run"
     argv = [*SHRINK, "eval.num_samples=2000000", f"hydra.run.dir={folder}"]  # minutes of IW
