@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.test_sweeps import job_metrics, run_sweep
+from tests.test_sweeps import SUBMITIT_LOCAL, job_metrics, run_sweep
 
 LAUNCHER_STOPPED = "error: the sweep's launcher stopped: "
 SUMMARY = re.compile(r"sweep \S+: (.+); report: python -m vae_lab.report")
@@ -32,13 +32,7 @@ def one_line_and_summary(result) -> str:
 @pytest.mark.slow
 def test_submitit_isolates_a_killed_job_and_summarises_the_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_sweep(
-        sweep_dir,
-        "+fault=sigkill,none",
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.timeout_min=10",
-    )
+    result = run_sweep(sweep_dir, "+fault=sigkill,none", *SUBMITIT_LOCAL)
     assert one_line_and_summary(result) == "1 completed, 1 killed"
     killed, healthy = job_metrics(sweep_dir)
     assert killed["status"] == "running"  # the record it could not finish: the summary reads it

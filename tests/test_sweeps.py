@@ -66,6 +66,10 @@ def table_rows(report: str) -> list[list[str]]:
     return [row for row in rows if len(row) == header.count("|") - 1][:4]
 
 
+#: the submitit launcher on this machine, one core and ten minutes a job
+SUBMITIT_LOCAL = ("hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+                  "hydra.launcher.timeout_min=10")  # fmt: skip
+
 LAUNCHERS = {  # launcher -> its overrides and the jobs' OMP_NUM_THREADS
     "basic": ([], "1"),
     "joblib": (["hydra.launcher.n_jobs=2"], None),  # two jobs at once, cores // 2 threads each
@@ -141,13 +145,7 @@ def test_failing_job_is_isolated_and_reported(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_sweep(
-        sweep_dir,
-        "seed=0,1",
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.timeout_min=10",
-    )
+    result = run_sweep(sweep_dir, "seed=0,1", *SUBMITIT_LOCAL)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [m["status"] for m in job_metrics(sweep_dir)] == ["completed", "completed"]
     assert list((sweep_dir / ".submitit").glob("*/*_log.out"))  # ran through submitit

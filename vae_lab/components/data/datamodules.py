@@ -11,6 +11,8 @@ only data whose values lie on its grid k/(L-1), which ``setup`` checks in one li
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -37,16 +39,26 @@ def binarize(p: Tensor) -> Tensor:
     return (torch.rand_like(p) < p).to(p.dtype)
 
 
-def seeded_split(values: Tensor, num_val: int, num_test: int, seed: int) -> Splits:
-    """(train, val, test) of ``values`` in an order drawn from ``seed``: the first ``num_test``
-    are the test split, the next ``num_val`` the validation split, the rest the training."""
-    order = torch.randperm(len(values), generator=torch.Generator().manual_seed(seed))
-    test, val, train = (
-        order[:num_test],
-        order[num_test : num_test + num_val],
-        order[num_test + num_val :],
-    )
-    return values[train], values[val], values[test]
+@dataclass(frozen=True)
+class SeededSplit:
+    """(train, val, test) of one set: the first ``round(test_fraction n)`` of an order drawn
+    from ``seed`` are the test split, the next ``round(val_fraction n)`` the validation split,
+    the rest the training; a split the data already has (``val``/``test`` false) gets none."""
+
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+    def __call__(self, values: Tensor, val: bool = True, test: bool = True) -> Splits:
+        num_val = round(self.val_fraction * len(values)) if val else 0
+        num_test = round(self.test_fraction * len(values)) if test else 0
+        order = torch.randperm(len(values), generator=torch.Generator().manual_seed(self.seed))
+        test_rows, val_rows, train_rows = (
+            order[:num_test],
+            order[num_test : num_test + num_val],
+            order[num_test + num_val :],
+        )
+        return values[train_rows], values[val_rows], values[test_rows]
 
 
 def levels_text(levels: int | None) -> str:
@@ -161,13 +173,7 @@ class Digits(InMemoryDataModule):
         self, val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0, **kwargs
     ) -> None:
         super().__init__(**kwargs)
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
-
-    def _split(self, values: Tensor) -> Splits:
-        n_val, n_test = (round(f * len(values)) for f in (self.val_fraction, self.test_fraction))
-        return seeded_split(values, n_val, n_test, self.split_seed)
+        self._split = SeededSplit(val_fraction, test_fraction, split_seed)
 
     def load_splits(self) -> Splits:
         from sklearn.datasets import load_digits

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vae_lab.components.data.datamodules import FRACTION, InMemoryDataModule, Splits, seeded_split
+from vae_lab.components.data.datamodules import FRACTION, InMemoryDataModule, SeededSplit, Splits
 from vae_lab.components.data.files import DataFileError
 from vae_lab.components.data.image_files import read_folder, read_npz
 from vae_lab.config.validation import require_all
@@ -45,9 +45,7 @@ class Images(InMemoryDataModule):
         super().__init__(**kwargs)
         require_all(FRACTION, val_fraction=val_fraction, test_fraction=test_fraction)
         self.path = Path(path).expanduser()
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
+        self._split = SeededSplit(val_fraction, test_fraction, split_seed)
         self._arrays: dict[str, np.ndarray] | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -78,9 +76,7 @@ class Images(InMemoryDataModule):
     def load_splits(self) -> Splits:
         data = {key: vectors(array) for key, array in self.arrays().items()}
         train = data["train"]
-        num_val = 0 if "val" in data else round(self.val_fraction * len(train))
-        num_test = 0 if "test" in data else round(self.test_fraction * len(train))
-        train, val, test = seeded_split(train, num_val, num_test, self.split_seed)
+        train, val, test = self._split(train, val="val" not in data, test="test" not in data)
         return train, data.get("val", val), data.get("test", test)
 
 

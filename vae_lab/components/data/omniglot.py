@@ -22,13 +22,12 @@ import zipfile
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from vae_lab.components.data.datamodules import (
     FRACTION,
     FileDataModule,
+    SeededSplit,
     Splits,
-    seeded_split,
 )
 from vae_lab.components.data.files import DataFileError, RemoteFile
 from vae_lab.components.data.image_files import decode_image
@@ -84,9 +83,7 @@ class Omniglot(FileDataModule):
             fname: RemoteFile("omniglot_lake_small", fname, f"{SOURCE}/{fname}", sha)
             for fname, sha in SHA256.items()
         }
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
+        self._split = SeededSplit(val_fraction, test_fraction, split_seed)
 
     def images(self) -> dict[str, np.ndarray]:
         """Every distinct image by its path alphabet/character/file, the shared ones once."""
@@ -94,10 +91,6 @@ class Omniglot(FileDataModule):
         for fname in self.files:
             images |= read_strokes(self.read(fname), fname)
         return dict(sorted(images.items()))
-
-    def _split(self, values: Tensor) -> Splits:
-        n_val, n_test = (round(f * len(values)) for f in (self.val_fraction, self.test_fraction))
-        return seeded_split(values, n_val, n_test, self.split_seed)
 
     def load_splits(self) -> Splits:
         images = self.images()
