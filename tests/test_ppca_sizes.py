@@ -223,6 +223,8 @@ def test_qstar_from_a_degenerate_encoder_starts_where_it_can_converge(ill_condit
         family, prior, model.log_likelihood(x), [encoder, prior_theta(family, prior, 10, fallback)]
     )
     encoder_gap = exact_gap(family.distribution(encoder), ppca, x)
-    assert encoder_gap > 100 and exact_gap(family.distribution(start), ppca, x) < encoder_gap
+    # the start is the better candidate by a Monte Carlo ELBO, so "no worse than the encoder"
+    # could hardly fail; the prior's fit must have replaced it: at most half its gap remains
+    assert encoder_gap > 100 and exact_gap(family.distribution(start), ppca, x) < 0.5 * encoder_gap
     fit = fit_qstar(family, prior, lambda rows: model.log_likelihood(x[rows]), start, settings)
     assert exact_gap(family.distribution(fit.theta), ppca, x) < 0.003
