@@ -12,6 +12,7 @@ from matplotlib.image import imread, imsave
 
 from tests.conftest import report_cli
 from vae_lab.records.collect import find_runs, option_rank
+from vae_lab.records.outputs import run_lock
 from vae_lab.report.curves import NO_CURVES, mean_curve, training_curves_figure
 from vae_lab.report.plots import DPI, WIDTH, figure_height
 from vae_lab.report.table import cells, significant
@@ -52,7 +53,7 @@ def rows(report: str) -> dict[str, list[str]]:
 def test_table_gives_mean_and_sd_over_seeds(sweep):
     write_report([sweep])
     report = (sweep / "report.md").read_text()
-    assert "5 runs (3 completed, 1 failed, 1 running)" in report
+    assert "5 runs (3 completed, 1 failed, 1 killed)" in report
     header = report.split("\n\n")[2].splitlines()[0]
     by = " ± sd over seeds"  # gaussian has two seeds
     assert header == f"| posterior | prior | runs | ELBO{by} | log p(x){by} | inference gap{by} |"
@@ -81,8 +82,16 @@ def test_failed_and_running_runs_are_listed(sweep):
         failed
         == "- `3` (full_cov, standard, digits, seed 1): FloatingPointError: training loss is nan"
     )
+    # run 4 is recorded as running, but no process holds its writer lock: it was killed
+    killed = report.split("## Stopped without recording")[1].split("##")[0].strip()
+    assert killed.split("\n\n")[1] == "- `4` (flow, standard, digits, seed 0)"
+    assert "## Still running" not in report
+    with run_lock(sweep / "4"):  # a process that trains in it
+        write_report([sweep])
+        report = (sweep / "report.md").read_text()
     running = report.split("## Still running")[1].split("##")[0].strip().split("\n\n")[1]
     assert running == "- `4` (flow, standard, digits, seed 0)"
+    assert "## Stopped without recording" not in report
 
 
 def test_evaluated_gaps_get_columns_and_stacked_bars(sweep):
@@ -142,7 +151,7 @@ def test_csv_has_one_row_per_run(sweep):
     with (sweep / "report.csv").open() as file:
         table = list(csv.DictReader(file))
     assert [row["folder"] for row in table] == ["0", "1", "4", "2", "3"]  # gaussian, flow, full_cov
-    assert [row["status"] for row in table][2:] == ["running", "completed", "failed"]
+    assert [row["status"] for row in table][2:] == ["killed", "completed", "failed"]
     assert float(table[0]["test/log_px"]) == -90.0
     assert table[4]["error"].startswith("FloatingPointError") and table[4]["test/log_px"] == ""
 

@@ -10,7 +10,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from vae_lab.config.identity import REPLICATE, choices_of, identity
 from vae_lab.config.paths import CONF_DIR
-from vae_lab.records.outputs import EVAL_PREFIX, EVAL_SPLIT, METRICS_FILE
+from vae_lab.records.outputs import EVAL_PREFIX, EVAL_SPLIT, METRICS_FILE, held_by_another
 
 #: the groups a metrics.json names when its run folder has no .hydra/ to read them from
 RECORDED_GROUPS = ("data", "posterior", "prior", "likelihood", "model")
@@ -159,7 +159,9 @@ def read_run(path: Path) -> Run:
 
 
 def find_runs(folders: Sequence[Path]) -> list[Run]:
-    """Every run under ``folders``, sorted by data, posterior, prior and seed.
+    """Every run under ``folders``, sorted by data, posterior, prior and seed. A run recorded
+    as ``running`` whose writer lock no process holds was stopped without recording how it
+    ended (killed outright, or its machine lost): its status is ``killed``.
 
     Raises NoRunsError naming the first folder that is missing or holds no metrics.json.
     """
@@ -174,7 +176,13 @@ def find_runs(folders: Sequence[Path]) -> list[Run]:
     unique: dict[Path, Path] = {}  # a run named twice (a folder and its parent, a link) is one
     for path in paths:
         unique.setdefault(path.resolve(), path)
-    return sorted((read_run(p) for p in unique.values()), key=run_key)
+    return sorted((_alive(read_run(p)) for p in unique.values()), key=run_key)
+
+
+def _alive(run: Run) -> Run:
+    if run.status == "running" and not held_by_another(run.folder):
+        return replace(run, metrics={**run.metrics, "status": "killed"})
+    return run
 
 
 def with_status(runs: Iterable[Run], status: str) -> list[Run]:

@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vae_lab.records.collect import NoRunsError, find_runs, status_counts, with_status
-from vae_lab.records.outputs import METRICS_FILE, held_by_another
+from vae_lab.records.outputs import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +106,12 @@ def expected_jobs(config: DictConfig) -> int:
 
 
 def sweep_runs(sweep_dir: Path) -> list[Any]:
-    """The runs under ``sweep_dir``; a run left ``running`` whose writer lock no process holds
-    any more (its process was killed) has status ``killed``."""
+    """The runs under ``sweep_dir`` (``find_runs``: one left ``running`` whose process was
+    killed has status ``killed``)."""
     try:
-        runs = find_runs([sweep_dir])
+        return find_runs([sweep_dir])
     except NoRunsError:
         return []
-    return [
-        replace(run, metrics={**run.metrics, "status": "killed"})
-        if run.status == "running" and not held_by_another(run.folder)
-        else run
-        for run in runs
-    ]
 
 
 def log_sweep_summary(sweep_dir: Path) -> list[Any]:

@@ -16,7 +16,8 @@ RUN_IMAGES = (
     ("prior_samples.png", "prior samples"),
 )
 
-RUNNING = "Still running (or stopped before recording how they ended)"
+RUNNING = "Still running (another process holds their .run.lock)"
+KILLED = "Stopped without recording how they ended (killed outright; resume them with resume=)"
 UNREADABLE = "Unreadable metrics.json"
 OTHER_SPLIT = "Evaluated on another split than test (their eval/ figures are not in the table)"
 
@@ -75,6 +76,7 @@ def render(runs: Sequence[Run], table: Sequence[Cell], plots: Sequence[Path], ou
         "",
         *_listing("Failed runs", with_status(runs, "failed"), out_dir, with_error=True),
         *_listing(RUNNING, with_status(runs, "running"), out_dir, with_error=False),
+        *_listing(KILLED, with_status(runs, "killed"), out_dir, with_error=False),
         *_listing(UNREADABLE, with_status(runs, "unreadable"), out_dir, with_error=True),
         *_listing(
             OTHER_SPLIT, [r for r in runs if not r.evaluated_on_test], out_dir, with_error=False
