@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import Any
 
 import numpy as np
@@ -151,22 +151,32 @@ def test_classifier_is_cached_once_and_its_recorded_accuracy_is_reproducible(tmp
     assert ClassifierSpec(**{**SMALL_CLASSIFIER, "seed": 1}).key() != spec.key()
 
 
-def test_jobs_training_the_classifier_at_once_leave_one_whole_cache_file(tmp_path, monkeypatch):
+def test_jobs_that_need_the_classifier_at_once_train_it_once(tmp_path, monkeypatch, caplog):
     spec = ClassifierSpec(cache_dir=str(tmp_path), **SMALL_CLASSIFIER)
-    trained = classifier_module.train_classifier
-    both_training = threading.Barrier(2, timeout=120)
+    trained, calls, second = classifier_module.train_classifier, [], []
+    caplog.set_level(logging.INFO, logger=classifier_module.log.name)
 
-    def train_together(*args):
-        both_training.wait()  # both jobs found no cache file and train
+    def train_while_another_asks(*args):
+        calls.append(args)
+        job = threading.Thread(target=lambda: second.append(cached_classifier(Digits(), spec)))
+        job.start()  # a second job needs the classifier while this one trains it
+        deadline = time.monotonic() + 60
+        while "waiting for another process" not in caplog.text:
+            assert time.monotonic() < deadline, "the second job never waited for the first"
+            time.sleep(0.01)
+        second.append(job)
         return trained(*args)
 
-    monkeypatch.setattr(classifier_module, "train_classifier", train_together)
-    with ThreadPoolExecutor(2) as pool:
-        records = [r for _, r in pool.map(lambda _: cached_classifier(Digits(), spec), range(2))]
+    monkeypatch.setattr(classifier_module, "train_classifier", train_while_another_asks)
+    first = cached_classifier(Digits(), spec)
+    job, *_ = second
+    job.join(timeout=60)
+    ((classifier, record),) = second[1:]
+    assert len(calls) == 1  # trained once, by the first job
+    assert record == first[1]  # the second read what the first cached
+    assert torch.equal(classifier.head.weight, first[0].head.weight)
     path = spec.path(Digits())
-    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
-    payload = torch.load(path, weights_only=True)  # one whole file, from either job
-    assert {**payload["record"], "file": str(path)} in records
+    assert sorted(path.parent.iterdir()) == sorted([path, path.with_suffix(".lock")])  # no .tmp
 
 
 def test_a_corrupt_cache_file_is_retrained_and_replaced(tmp_path, caplog):

@@ -12,21 +12,25 @@ trained with Adam on cross-entropy, seeded, and with every image binarised (x ~ 
 with probability 1/2, so that grey decoder means and binary images map to the same features.
 It is trained once per dataset and cached as ``<cache>/classifiers/<dataset>-<hash>.pt``
 (``hash`` of its settings) with its test accuracy, so every run and sweep scores in the same
-feature space. The file is written atomically (a temporary file, then ``os.replace``): jobs of a
-sweep that train it at once each write a whole file, the last one stays (the same network: the
-training is seeded). An unreadable or corrupt file is retrained and replaced, with a warning;
-a cache folder that cannot be written is a one-line error naming ``VAE_LAB_CACHE``. Datasets
-without labels use the classifier of the dataset they come from (binarised MNIST: MNIST's).
+feature space. Jobs of a sweep that need it at once train it once: the first takes
+``<file>.lock`` and trains, the others wait for the lock and read what it cached. The file is
+written atomically (a temporary file, then ``os.replace``), so a reader never sees part of one.
+An unreadable or corrupt file is retrained and replaced, with a warning; a cache folder that
+cannot be written is a one-line error naming ``VAE_LAB_CACHE``. Datasets without labels use the
+classifier of the dataset they come from (binarised MNIST: MNIST's).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,15 +201,43 @@ def load_cached(
     return classifier.eval().requires_grad_(False), {**record, "file": str(path)}
 
 
+@contextmanager
+def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the body, waiting for it (after logging
+    ``waiting``) where another process holds it. Where the file system offers no ``flock``,
+    the body runs unlocked, with a warning."""
+    with open(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:
+            log.warning("cannot lock %s (%s): going on unlocked", path, err.strerror or err)
+        yield
+
+
 def cached_classifier(
     source: InMemoryDataModule, spec: ClassifierSpec
 ) -> tuple[FeatureClassifier, dict[str, Any]]:
     """The dataset's classifier from the cache, trained (and cached) on first use or when the
-    cached file is unreadable; and its record: dataset, test accuracies, file."""
+    cached file is unreadable; and its record: dataset, test accuracies, file. Processes that
+    need it at once (the jobs of a sweep) train it once: one trains while the others wait on
+    ``<file>.lock``, then read what it cached."""
     name, path = source_name(source), spec.path(source)
     if path.is_file() and (cached := load_cached(path, spec)) is not None:
         return cached
     check_writable(path.parent)
+    waiting = f"waiting for another process that trains the {name} feature classifier ({path})"
+    with waiting_lock(path.with_suffix(".lock"), waiting):
+        if path.is_file() and (cached := load_cached(path, spec)) is not None:
+            return cached  # trained by the process this one waited for
+        return _train_and_cache(source, spec, name, path)
+
+
+def _train_and_cache(
+    source: InMemoryDataModule, spec: ClassifierSpec, name: str, path: Path
+) -> tuple[FeatureClassifier, dict[str, Any]]:
     log.info("training the %s feature classifier once; it is cached at %s", name, path)
     train_x, _, test_x = (s.float() for s in source.load_splits())
     train_y, _, test_y = source.load_labels()
