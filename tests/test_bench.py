@@ -34,6 +34,9 @@ REQUIRED = {
     "paper_budget": ["paper_budget_minutes", "epoch_s"],  # validation_s may round to 0 at tiny
 }
 
+#: figures made of a difference of two timings: on a busy machine either side may be the larger
+DIFFERENCES = {"step_ms_trainer_floor", "ratio_at_trainer_floor"}
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -60,7 +63,8 @@ def test_every_benchmark_reports_its_figures_and_goals(report: dict, name: str) 
     figures = result["figures"]
     for figure in REQUIRED[name]:
         assert isinstance(figures[figure], float) and math.isfinite(figures[figure]), figure
-        assert figures[figure] > 0, figure
+        if figure not in DIFFERENCES:
+            assert figures[figure] > 0, figure
     for goal in result["goals"]:
         assert goal["value"] == figures[goal["figure"]]
         assert isinstance(goal["met"], bool)
