@@ -153,25 +153,25 @@ def test_classifier_is_cached_once_and_its_recorded_accuracy_is_reproducible(tmp
 
 def test_jobs_that_need_the_classifier_at_once_train_it_once(tmp_path, monkeypatch, caplog):
     spec = ClassifierSpec(cache_dir=str(tmp_path), **SMALL_CLASSIFIER)
-    trained, calls, second = classifier_module.train_classifier, [], []
+    trained, calls, jobs, results = classifier_module.train_classifier, [], [], []
     caplog.set_level(logging.INFO, logger=classifier_module.log.name)
 
     def train_while_another_asks(*args):
         calls.append(args)
-        job = threading.Thread(target=lambda: second.append(cached_classifier(Digits(), spec)))
+        job = threading.Thread(target=lambda: results.append(cached_classifier(Digits(), spec)))
         job.start()  # a second job needs the classifier while this one trains it
         deadline = time.monotonic() + 60
         while "waiting for another process" not in caplog.text:
             assert time.monotonic() < deadline, "the second job never waited for the first"
             time.sleep(0.01)
-        second.append(job)
+        jobs.append(job)
         return trained(*args)
 
     monkeypatch.setattr(classifier_module, "train_classifier", train_while_another_asks)
     first = cached_classifier(Digits(), spec)
-    job, *_ = second
+    (job,) = jobs
     job.join(timeout=60)
-    ((classifier, record),) = second[1:]
+    ((classifier, record),) = results
     assert len(calls) == 1  # trained once, by the first job
     assert record == first[1]  # the second read what the first cached
     assert torch.equal(classifier.head.weight, first[0].head.weight)
