@@ -196,3 +196,4 @@ def test_a_flow_qstar_frozen_short_by_its_step_size_is_released():
     elbo = elbo_of(model, torch.cat([x, x]), model.posterior.distribution(both), 500)
     gain = (elbo.value[5:] - elbo.value[:5]).mean()
     assert gain > 5 and released.steps > frozen.steps
+    assert released.steps <= settings.max_steps  # the probes' steps count against the cap

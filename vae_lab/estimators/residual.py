@@ -117,9 +117,10 @@ def fit_released(
 ) -> QStarFit:
     """``fit_qstar``, each frozen datapoint probed by the continuation and released where it
     still gains more than ``settings.tol`` (module docstring), round after round until no
-    probe gains or ``settings.max_steps`` steps (probes included) are spent."""
+    probe gains or ``settings.max_steps`` steps (probes included) are spent: a probe is run
+    only when steps are left after it for the refit."""
     fit = fit_qstar(family, prior, log_likelihood, theta0, settings, progress=progress)
-    while (budget := settings.max_steps - fit.steps) > 0:
+    while (budget := settings.max_steps - fit.steps - settings.residual_steps) > 0:
         frozen = fit.converged.nonzero().squeeze(1)
         if len(frozen) == 0:
             break
