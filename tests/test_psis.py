@@ -54,6 +54,16 @@ def test_unreliable_weights_warn_in_one_line_naming_the_figure_and_the_fix(caplo
     assert "eval.num_samples" in message and "AIS" in message
 
 
+def test_the_warning_names_the_figures_of_its_proposal(caplog):
+    """IW from q* warns about eval/psis_khat_bad_qstar and eval/log_px_qstar, not about the
+    encoder's figures."""
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_unreliable("eval", 0.5, "eval.evaluate_num_samples", "_qstar")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("eval/psis_khat_bad_qstar = 0.500")
+    assert "eval/log_px_qstar lies below" in message
+
+
 def test_equal_weights_have_no_tail_and_count_as_reliable():
     """q equal to its posterior to float precision makes every weight p(x): no tail to fit
     (ArviZ refuses it). k-hat is NaN there; the summary leaves it out of the mean k-hat and

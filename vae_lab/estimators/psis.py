@@ -62,15 +62,16 @@ def pareto_khat(top_log_weights: Tensor) -> Tensor:
     return generalized_pareto_shape(exceedances)
 
 
-def warn_if_unreliable(prefix: str, khat_bad: float, k_name: str) -> bool:
-    """Log one line when some datapoints' IW estimates have k-hat > 0.7; True if it did."""
+def warn_if_unreliable(prefix: str, khat_bad: float, k_name: str, suffix: str = "") -> bool:
+    """Log one line when some datapoints' IW estimates have k-hat > 0.7, naming the figures
+    ``<prefix>/psis_khat_bad<suffix>`` and ``<prefix>/log_px<suffix>``; True if it did."""
     if not khat_bad > 0:
         return False
     log.warning(
-        "%s/psis_khat_bad = %.3f: the importance weights of %.1f%% of the datapoints have "
-        "Pareto k-hat > %.1f, so %s/log_px lies below log p(x) by more than its stderr, "
+        "%s/psis_khat_bad%s = %.3f: the importance weights of %.1f%% of the datapoints have "
+        "Pareto k-hat > %.1f, so %s/log_px%s lies below log p(x) by more than its stderr, "
         "which itself understates its noise there; "
         "raise %s or use AIS (python -m vae_lab.evaluate)",
-        prefix, khat_bad, 100 * khat_bad, KHAT_BAD, prefix, k_name,
+        prefix, suffix, khat_bad, 100 * khat_bad, KHAT_BAD, prefix, suffix, k_name,
     )  # fmt: skip
     return True

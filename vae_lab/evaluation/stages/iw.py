@@ -49,7 +49,7 @@ def iw_result(ctx: Context, estimate_of: EstimateOf, suffix: str, label: str) ->
         result.values[f"{name}{suffix}"] = values[name]
     result.log_px[label] = result.figures[f"log_px{suffix}"]
     k_key = "eval.num_samples" if ctx.prefix == "test" else "eval.evaluate_num_samples"
-    if warn_if_unreliable(ctx.prefix, values["psis_khat_bad"], k_key):
+    if warn_if_unreliable(ctx.prefix, values["psis_khat_bad"], k_key, suffix):
         result.unreliable.add(label)
     return result
 
