@@ -2,8 +2,20 @@
 that stops on it rather than on its step size.
 
 For a Gaussian family the ELBO still to gain is R of the quadratic model of
-``vae_lab.estimators.newton``: exact where the model is Gaussian (pPCA), an upper estimate in
-expectation elsewhere. For any other family (the flows) it is measured: q* is continued for
+``vae_lab.estimators.newton``, exact where the model is Gaussian (pPCA). Elsewhere R is a smooth
+function of Monte Carlo means (g and H), whose noise makes it high in expectation by a term in
+1/n for n draws (E[g^T A g] = g^T A g + tr(A Cov g)): near the optimum, where g is small, that
+term can be nearly all of R (docs/estimators.md). So R is computed from
+``residual_sample_factor`` independent groups of draws and jackknifed over them (Quenouille
+1956; Efron & Stein 1981),
+
+    R_J = G R(all groups) - (G - 1) mean_j R(all groups but j),
+
+which removes the 1/n term exactly, with the jackknife's variance (G - 1)/G sum_j (R_-j -
+mean R_-j)^2 as its Monte Carlo variance. R_J is unbiased to that order, not positive: a value
+below zero within its stderr is a q* at its optimum.
+
+For any other family (the flows) the ELBO still to gain is measured: q* is continued for
 ``residual_steps`` more steps at each datapoint's final step size with ``residual_sample_factor``
 times the samples, and the ELBOs before and after are compared on the same draws of the noise
 (common random numbers), so that their difference is not drowned in the Monte Carlo noise of
@@ -31,7 +43,7 @@ from vae_lab.components.posteriors import PosteriorFamily
 from vae_lab.estimators.elbo import chunks, log_importance_weights
 from vae_lab.estimators.estimate import Estimate, StreamedMean
 from vae_lab.estimators.gaps import QStarFit, QStarSettings, fit_qstar
-from vae_lab.estimators.newton import Gaussian, RowsLogLikelihood, curvature, joint
+from vae_lab.estimators.newton import Curvature, Gaussian, RowsLogLikelihood, curvature, joint
 
 
 def qstar_residual(
@@ -45,9 +57,9 @@ def qstar_residual(
     seed: int = 0,
 ) -> Estimate:
     """The ELBO still to gain from q* per datapoint (module docstring): for a Gaussian family
-    the mean of ``residual_sample_factor`` estimates of R from ``settings.num_samples``
-    antithetic pairs each, with the variance of that mean; for any other the continuation's
-    gain on ``num_samples`` draws (``chunk_size`` at a time), with its Monte Carlo variance."""
+    R jackknifed over ``residual_sample_factor`` groups of ``settings.num_samples`` antithetic
+    pairs each; for any other the continuation's gain on ``num_samples`` draws (``chunk_size``
+    at a time). Each with its Monte Carlo variance."""
     if family.gaussian:
         return newton_residual(family, prior, log_likelihood, fit.theta, settings)
     return continuation(
@@ -62,14 +74,26 @@ def newton_residual(
     theta: Tensor,
     settings: QStarSettings,
 ) -> Estimate:
-    """``qstar_residual`` of a Gaussian family: the quadratic model's R at theta [N, P]."""
+    """``qstar_residual`` of a Gaussian family: the quadratic model's R at theta [N, P],
+    jackknifed over the groups of draws (module docstring)."""
+    num_groups = settings.residual_sample_factor
+    if num_groups < 2:
+        raise ValueError(f"residual_sample_factor={num_groups}: the jackknife needs 2 groups")
     rows = torch.arange(theta.shape[0], device=theta.device)
     q, ll = Gaussian.of(family.distribution(theta)), log_likelihood(rows)
-    draws = torch.stack([
-        curvature(joint(prior, ll), q, settings.num_samples, theta.dtype).remaining(q)
-        for _ in range(settings.residual_sample_factor)
+    groups = [curvature(joint(prior, ll), q, settings.num_samples, theta.dtype)
+              for _ in range(num_groups)]  # fmt: skip
+    grads = torch.stack([group.grad for group in groups])
+    hessians = torch.stack([group.hessian for group in groups])
+    whole = Curvature(grads.mean(0), hessians.mean(0)).remaining(q)
+    left_out = torch.stack([
+        Curvature((grads.sum(0) - grads[j]) / (num_groups - 1),
+                  (hessians.sum(0) - hessians[j]) / (num_groups - 1)).remaining(q)
+        for j in range(num_groups)
     ])  # fmt: skip
-    return Estimate(draws.mean(0), draws.var(0) / len(draws))
+    value = num_groups * whole - (num_groups - 1) * left_out.mean(0)
+    variance = (num_groups - 1) / num_groups * (left_out - left_out.mean(0)).square().sum(0)
+    return Estimate(value, variance)
 
 
 def continuation(
