@@ -68,6 +68,14 @@ def test_one_warning_line_when_the_machine_is_busy(monkeypatch, caplog, load, wa
     assert "torch uses 2 threads" in caplog.text
 
 
+def test_a_one_thread_job_is_not_told_to_use_one_thread(monkeypatch, caplog):
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    with caplog.at_level(logging.WARNING, logger="vae_lab.training.threads"):
+        use_threads(1)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert WARNING in message and "num_threads=1" not in message and "fewer jobs" in message
+
+
 def test_importing_vae_lab_shortens_openmp_spinning_unless_set():
     """Set before torch loads OpenMP; a value the user gave wins."""
     code = "import os, vae_lab; print(os.environ['GOMP_SPINCOUNT'])"

@@ -56,8 +56,9 @@ def use_threads(num_threads: int | None) -> None:
         return
     load, cores = os.getloadavg()[0], available_cores()
     if oversubscribed(load, cores, threads):
+        fewer = "set num_threads=1 or " if threads > 1 else ""
         log.warning(
             "the machine is oversubscribed: load average %.1f on %d cores before this job's %d "
-            "threads start; set num_threads=1 or run fewer jobs at once (hydra.launcher.n_jobs)",
-            load, cores, threads,
+            "threads start; %srun fewer jobs at once (hydra.launcher.n_jobs)",
+            load, cores, threads, fewer,
         )  # fmt: skip
