@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 
 from tests.conftest import CONF_DIR, compose_config
 from tests.test_linear_gaussian import exact_diagonal_kl, known_ppca_vae
+from vae_lab.estimators import gaps
 from vae_lab.estimators.elbo import elbo_terms, iw_log_px
 from vae_lab.estimators.estimate import Estimate
 from vae_lab.estimators.gaps import (
@@ -24,8 +25,8 @@ from vae_lab.estimators.gaps import (
     moment_matched_theta,
     prior_theta,
 )
-from vae_lab.estimators.newton import Gaussian, curvature, joint
-from vae_lab.estimators.residual import newton_residual, qstar_residual
+from vae_lab.estimators.newton import Gaussian, curvature, fit_newton, joint
+from vae_lab.estimators.residual import continuation, newton_residual, qstar_residual
 from vae_lab.model.module import VAE
 from vae_lab.training.build import build_datamodule, build_trainer
 
@@ -206,6 +207,50 @@ def test_the_gaussian_residual_near_the_optimum_is_not_its_monte_carlo_noise(tra
     tolerance = 3 * math.hypot(few.stderr, many.stderr)
     assert abs(few.value - many.value) <= tolerance
     assert float(plain) - many.value > tolerance
+
+
+def test_newton_leaves_a_datapoint_its_update_no_longer_improves(trained_digits):
+    """On a model that is not Gaussian the quadratic model's R stays above the tolerance at the
+    optimum (its Monte Carlo noise), so Newton stops on the fixed-noise ELBO its update gains:
+    every datapoint leaves before the 20 updates, none counted as converged, and the fit that
+    follows ends where it did before (same ELBO within its stderr)."""
+    model, x = trained_digits("gaussian")
+    settings = QStarSettings()
+    theta0 = encoder_theta(model, x)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(fit_newton(*args, **kwargs))
+        return calls[-1]
+
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gaps, "fit_newton", counted)
+        theta = fit(model, x, theta0, settings).theta
+    (newton,) = calls
+    assert newton.steps < settings.newton_steps and not newton.converged.any()
+    torch.manual_seed(0)
+    adam_only = fit(model, x, theta0, replace(settings, newton_steps=0)).theta
+    both = torch.cat([theta, adam_only])
+    elbo = elbo_of(model, torch.cat([x, x]), model.posterior.distribution(both), 500)
+    difference = elbo.value[:20] - elbo.value[20:]
+    assert difference.mean() > -3 * (elbo.variance[:20] + elbo.variance[20:]).mean().sqrt()
+
+
+def test_the_release_probe_runs_no_newton_update(trained_digits):
+    """The probe of ``fit_released`` continues the stochastic ascent where it stopped: a
+    Gaussian family's probe runs no Newton update (each costs D Hessian-vector products per
+    sample, at 4 times the samples)."""
+    model, x = trained_digits("gaussian")
+    found = fit(model, x, encoder_theta(model, x), QStarSettings(max_steps=100))
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gaps, "fit_newton", lambda *a, **k: calls.append(a) or fit_newton(*a, **k))
+        continuation(
+            model.posterior, model.p_z(), lambda r: model.log_likelihood(x[r]), found,
+            QStarSettings(residual_steps=20), 100, 100,
+        )  # fmt: skip
+    assert calls == []
 
 
 def family_in_3d(name: str):

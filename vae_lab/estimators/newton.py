@@ -173,11 +173,13 @@ def fit_newton(
     progress: bool = False,
 ) -> NewtonFit:
     """Newton updates of a Gaussian family's theta [N, P] (module docstring) until each
-    datapoint's R falls below ``tol`` nats or ``max_steps`` updates ran. An update is accepted
-    where the ELBO on the given noise [S, 1, D] (common random numbers) does not fall by more
-    than three of its paired stderrs; else its step is halved, up to MAX_HALVINGS times.
-    ``progress`` shows a bar of the updates (each costs D Hessian-vector products a sample:
-    minutes on a convolutional decoder)."""
+    datapoint's R falls below ``tol`` nats (converged), its update gains less than ``tol`` on
+    the given noise (left to the stochastic ascent that follows: R's Monte Carlo noise keeps it
+    above ``tol`` near the optimum of a model that is not Gaussian), or ``max_steps`` updates
+    ran. An update is accepted where the ELBO on the given noise [S, 1, D] (common random
+    numbers) does not fall by more than three of its paired stderrs; else its step is halved,
+    up to MAX_HALVINGS times. ``progress`` shows a bar of the updates (each costs D
+    Hessian-vector products a sample: minutes on a convolutional decoder)."""
     theta = theta0.detach().clone()
     converged = torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
     active = torch.arange(theta.shape[0], device=theta.device)
@@ -192,7 +194,8 @@ def fit_newton(
             active, q, c = active[~done], q.take(~done), c.take(~done)
             if len(active):
                 ll = log_likelihood(active)
-                theta[active] = damped(family, prior, ll, theta[active], q, c, noise)
+                theta[active], gain = damped(family, prior, ll, theta[active], q, c, noise)
+                active = active[gain >= tol]
             bar.update()
             bar.set_postfix(converged=f"{int(converged.sum())}/{len(converged)}")
     return NewtonFit(theta, converged, steps)
@@ -211,15 +214,17 @@ def damped(
     q: Gaussian,
     c: Curvature,
     noise: Tensor,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """theta after the Newton update at the largest step 2^-k, k <= MAX_HALVINGS, that the
-    fixed-noise ELBO accepts (``fit_newton``); theta as it was where none is."""
+    fixed-noise ELBO accepts (``fit_newton``), theta as it was where none is; and the ELBO
+    that update gained on the noise (0 where none was accepted), float64 [N]."""
     eps = noise.expand(-1, theta.shape[0], -1)
     with torch.no_grad():
         old, _ = log_weights_of_noise(family.distribution(theta), prior, log_likelihood, eps)
     rate = torch.ones(theta.shape[0], dtype=torch.float64, device=theta.device)
     searching = torch.ones_like(rate, dtype=torch.bool)
     out = theta.clone()
+    gain = torch.zeros_like(rate)
     for _ in range(MAX_HALVINGS + 1):
         new = c.newton(q, rate)
         candidate = family.gaussian_params(new.loc.to(theta.dtype), new.scale_tril.to(theta.dtype))
@@ -231,8 +236,9 @@ def damped(
         stderr = diff.std(0) / math.sqrt(diff.shape[0])
         ok = searching & (diff.mean(0) >= -3 * stderr) & candidate.isfinite().all(-1)
         out[ok] = candidate[ok]
+        gain[ok] = diff.mean(0)[ok]
         searching &= ~ok
         if not searching.any():
             break
         rate = torch.where(searching, rate / 2, rate)
-    return out
+    return out, gain

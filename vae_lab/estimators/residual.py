@@ -114,6 +114,7 @@ def continuation(
         num_samples=settings.num_samples * settings.residual_sample_factor,
         max_steps=settings.residual_steps,
         tol=-math.inf,  # every window improves: no datapoint freezes
+        newton_steps=0,  # the continuation is the stochastic ascent's, where it stopped
     )
     continued = fit_qstar(family, prior, log_likelihood, fit.theta, more, rate0=fit.rate).theta
     rows = torch.arange(fit.theta.shape[0], device=fit.theta.device)
