@@ -69,6 +69,7 @@ def test_one_warning_line_when_the_machine_is_busy(monkeypatch, caplog, load, wa
 
 
 def test_a_one_thread_job_is_not_told_to_use_one_thread(monkeypatch, caplog):
+    """num_threads=1 already: the warning says only to run fewer jobs at once."""
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
     with caplog.at_level(logging.WARNING, logger="vae_lab.training.threads"):
         use_threads(1)

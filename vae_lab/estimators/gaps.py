@@ -163,7 +163,7 @@ def fit_qstar(
     decays = torch.zeros_like(stalls)
     active = (rate > 0).nonzero().squeeze(1)
     step = -1
-    adam_steps = settings.max_steps if len(active) else 0
+    adam_steps = max(settings.max_steps - newton_steps, 0) if len(active) else 0
     bar = trange(adam_steps, desc="q*", disable=not progress, leave=False)
     for step in bar:
         with torch.enable_grad():

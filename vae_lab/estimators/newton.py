@@ -28,8 +28,9 @@ The same quadratic model says how much ELBO is left: maximising it over the fami
 exactly the ELBO between q and the family's optimum where f is quadratic, an estimate
 elsewhere. g and H are Monte Carlo averages over antithetic pairs z = mu +- L eps, which are
 exact for a quadratic f (the gradient is affine in z, so its pairs average to grad f(mu), and
-the Hessian is constant); elsewhere the noise of g makes R high in expectation (E[g^T A g] =
-g^T A g + tr(A Cov g) for A = H^-1 > 0), an upper estimate of what is left.
+the Hessian is constant); elsewhere their noise makes R high in expectation by a term in 1/n
+for n draws (E[g^T A g] = g^T A g + tr(A Cov g) for A = H^-1 > 0; H's noise enters through
+H^-1 and log det H), which ``vae_lab.estimators.residual`` removes by a jackknife.
 
 H is the average of Hessians, each from D Hessian-vector products by double backpropagation;
 where it is not positive definite (f not concave there) its eigenvalues are raised to
@@ -129,9 +130,12 @@ class Curvature:
         return mean_part + spread_part
 
 
-def curvature(log_joint: LogJoint, q: Gaussian, num_pairs: int, dtype: torch.dtype) -> Curvature:
+def curvature(
+    log_joint: LogJoint, q: Gaussian, num_pairs: int, dtype: torch.dtype, floor: bool = True
+) -> Curvature:
     """g and H of ``Curvature`` from ``num_pairs`` antithetic pairs of draws of q, the model
-    evaluated in ``dtype``."""
+    evaluated in ``dtype``; ``floor=False`` leaves H's eigenvalues as they are (the mean of
+    several groups' H is then floored once, by ``floored``)."""
     n, d = q.loc.shape
     eps = torch.randn(num_pairs, n, d, dtype=torch.float64, device=q.loc.device)
     eps = torch.cat([eps, -eps])
@@ -144,10 +148,15 @@ def curvature(log_joint: LogJoint, q: Gaussian, num_pairs: int, dtype: torch.dty
         ]
     hessian = -torch.stack(rows, -2).double().mean(0)
     hessian = 0.5 * (hessian + hessian.mT)
+    return Curvature(grad.detach().double().mean(0), floored(hessian) if floor else hessian)
+
+
+def floored(hessian: Tensor) -> Tensor:
+    """The symmetric H [..., D, D] with its eigenvalues raised to ``MIN_CURVATURE`` times the
+    largest (module docstring)."""
     values, vectors = torch.linalg.eigh(hessian)
-    floor = MIN_CURVATURE * values.abs().amax(-1, keepdim=True).clamp_min(1e-12)
-    hessian = (vectors * values.clamp_min(floor).unsqueeze(-2)) @ vectors.mT
-    return Curvature(grad.detach().double().mean(0), hessian)
+    least = MIN_CURVATURE * values.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+    return (vectors * values.clamp_min(least).unsqueeze(-2)) @ vectors.mT
 
 
 @dataclass
@@ -195,7 +204,7 @@ def fit_newton(
             if len(active):
                 ll = log_likelihood(active)
                 theta[active], gain = damped(family, prior, ll, theta[active], q, c, noise)
-                active = active[gain >= tol]
+                active = active[(gain >= tol) & (gain > 0)]
             bar.update()
             bar.set_postfix(converged=f"{int(converged.sum())}/{len(converged)}")
     return NewtonFit(theta, converged, steps)

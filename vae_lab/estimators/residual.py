@@ -13,7 +13,8 @@ term can be nearly all of R (docs/estimators.md). So R is computed from
 
 which removes the 1/n term exactly, with the jackknife's variance (G - 1)/G sum_j (R_-j -
 mean R_-j)^2 as its Monte Carlo variance. R_J is unbiased to that order, not positive: a value
-below zero within its stderr is a q* at its optimum.
+below zero within its stderr is a q* at its optimum. H's eigenvalue floor is applied once, to
+each pooled H: floored per group, its bias would be alike in every term and stay.
 
 For any other family (the flows) the ELBO still to gain is measured: q* is continued for
 ``residual_steps`` more steps at each datapoint's final step size with ``residual_sample_factor``
@@ -43,7 +44,14 @@ from vae_lab.components.posteriors import PosteriorFamily
 from vae_lab.estimators.elbo import chunks, log_importance_weights
 from vae_lab.estimators.estimate import Estimate, StreamedMean
 from vae_lab.estimators.gaps import QStarFit, QStarSettings, fit_qstar
-from vae_lab.estimators.newton import Curvature, Gaussian, RowsLogLikelihood, curvature, joint
+from vae_lab.estimators.newton import (
+    Curvature,
+    Gaussian,
+    RowsLogLikelihood,
+    curvature,
+    floored,
+    joint,
+)
 
 
 def qstar_residual(
@@ -81,14 +89,18 @@ def newton_residual(
         raise ValueError(f"residual_sample_factor={num_groups}: the jackknife needs 2 groups")
     rows = torch.arange(theta.shape[0], device=theta.device)
     q, ll = Gaussian.of(family.distribution(theta)), log_likelihood(rows)
-    groups = [curvature(joint(prior, ll), q, settings.num_samples, theta.dtype)
+    groups = [curvature(joint(prior, ll), q, settings.num_samples, theta.dtype, floor=False)
               for _ in range(num_groups)]  # fmt: skip
     grads = torch.stack([group.grad for group in groups])
     hessians = torch.stack([group.hessian for group in groups])
-    whole = Curvature(grads.mean(0), hessians.mean(0)).remaining(q)
+
+    def remaining(grad: Tensor, hessian: Tensor) -> Tensor:  # H floored once, after pooling
+        return Curvature(grad, floored(hessian)).remaining(q)
+
+    whole = remaining(grads.mean(0), hessians.mean(0))
     left_out = torch.stack([
-        Curvature((grads.sum(0) - grads[j]) / (num_groups - 1),
-                  (hessians.sum(0) - hessians[j]) / (num_groups - 1)).remaining(q)
+        remaining((grads.sum(0) - grads[j]) / (num_groups - 1),
+                  (hessians.sum(0) - hessians[j]) / (num_groups - 1))
         for j in range(num_groups)
     ])  # fmt: skip
     value = num_groups * whole - (num_groups - 1) * left_out.mean(0)

@@ -58,7 +58,7 @@ def use_threads(num_threads: int | None) -> None:
     if oversubscribed(load, cores, threads):
         fewer = "set num_threads=1 or " if threads > 1 else ""
         log.warning(
-            "the machine is oversubscribed: load average %.1f on %d cores before this job's %d "
-            "threads start; %srun fewer jobs at once (hydra.launcher.n_jobs)",
+            "the machine is oversubscribed: load average %.1f on %d cores before this job's "
+            "threads (%d) start; %srun fewer jobs at once (hydra.launcher.n_jobs)",
             load, cores, threads, fewer,
         )  # fmt: skip
