@@ -34,7 +34,7 @@ class BernoulliLogDensity(torch.autograd.Function):
     is subtracted in place), and so does the backward pass, d/dl = x - sigmoid(l), except where
     the gradient's own graph is built (``create_graph=True``: semi-amortized inference
     differentiates through gradient steps on log p(x|z), ``vae_lab.model.objectives.savae``), where
-    it runs out of place, differentiably (1.4x slower on the [10, 1000, 784] logits of q*'s fit).
+    it runs out of place, differentiably (slower, and only where that graph is needed).
     torch's Bernoulli path allocates more buffers and runs more kernels each way."""
 
     @staticmethod
@@ -74,9 +74,9 @@ def bernoulli_log_density_by_products(logits: Tensor, value: Tensor) -> Tensor:
     float32 e^-|l| contributes at most 1.2e-7 nats a pixel), the sum over pixels accumulated
     in float64 too. The same number as ``BernoulliLogDensity`` to float32 rounding, which sums
     in float32. Compiled (``vae_lab.estimators.fast_eval``), where the elementwise steps fuse into
-    one pass, the log1p per pixel is the costliest step of the density on a CPU: on [5000, 784]
-    logits of a 2-core CPU this form takes 2.0-2.4 ms, the compiled softplus form 3.7-4.1 ms
-    and the eager ``BernoulliLogDensity`` 4.8-5.9 ms.
+    one pass, the log1p per pixel is the costliest step of the density on a CPU; there this form,
+    one log per block, is faster than both the compiled softplus form and the eager
+    ``BernoulliLogDensity`` (docs/speed.md, "Where the time goes").
     """
     dim = logits.shape[-1]
     blocks = -(-dim // PRODUCT_BLOCK)

@@ -13,9 +13,9 @@ support of the [S, B, D] noise would cost a pass over it and a sync).
 
 The KL is one autograd node, registered with ``torch.distributions.kl``: torch's own path
 (``Independent`` over ``_kl_normal_normal``) broadcasts the prior's zeros and ones and runs
-about ten small kernels each way. On a 2-core CPU this node saves about 0.04 ms of a 2.1 ms
-MNIST training step, a quarter of what the distributions layer costs over a hand-written
-loop (0.18 -> 0.14 ms, medians of paired runs).
+about ten small kernels each way; on the MNIST training step this node saves about a quarter
+of what the distributions layer costs over a hand-written loop (docs/speed.md, "Where the time
+goes").
 """
 
 from __future__ import annotations

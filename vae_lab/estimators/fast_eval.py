@@ -4,7 +4,7 @@ the estimates through ``torch.compile``.
 Chunk size (``eval.chunk_size: null``). The IW estimate draws ``chunk`` samples per datapoint
 at a time, so chunk x batch samples are in flight, each with a row of decoder logits. A CPU is
 bound by its cache: 50 per datapoint (5,000 rows of 784 MNIST logits, 16 MB, with a batch of
-100) runs 1.5x faster than 500 (``make bench``). A GPU is bound by kernel launches until its
+100) runs faster than 500 (``make bench``). A GPU is bound by kernel launches until its
 width is filled: ``GPU_SAMPLES_IN_FLIGHT`` samples at once (2^18 rows of 784 float32 logits are
 0.8 GB a buffer) amortise them.
 
@@ -18,8 +18,8 @@ to float32 rounding. Traced by the compiler on a CPU, the Bernoulli log-density 
 product form (``vae_lab.components.likelihoods.bernoulli_log_density_by_products``: one log per
 block of pixels instead of a log1p per pixel); on a GPU, where it has not been timed and float64
 can be slow, the log1p form. AIS and the fit of q* differentiate through log p(x|z) and stay eager:
-compiled with its gradient (AOTAutograd), log p(x|z) and its z-gradient at 16 chains x 100
-MNIST points took 20 ms on a 2-core CPU against eager's 12 ms (measured 2026-12). Each
+compiled with its gradient (AOTAutograd), log p(x|z) and its z-gradient ran slower than eager
+on a CPU (docs/speed.md, "Where the time goes"). Each
 new input shape (and each posterior family) compiles anew, up to Dynamo's
 ``recompile_limit`` (8) per function, past which it runs eager with a warning: slower, the same
 numbers. ``seconds`` is the wall time of the calls that compiled, compilation included.

@@ -34,8 +34,7 @@ FRACTION: Rule = (
 def binarize(p: Tensor) -> Tensor:
     """x ~ Bernoulli(p) elementwise, as x = 1[u < p] with u ~ U(0, 1): torch.bernoulli's
     distribution, drawn with one vectorised uniform draw where its CPU kernel draws element by
-    element (a 100 x 784 MNIST batch: 0.34 ms against 1.0 ms on a 2-core CPU, a sixth of the
-    training step; ``make bench``)."""
+    element (about three times faster on an MNIST batch; docs/speed.md, "Where the time goes")."""
     return (torch.rand_like(p) < p).to(p.dtype)
 
 
