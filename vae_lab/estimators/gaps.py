@@ -150,7 +150,8 @@ def fit_qstar(
     newton_steps = 0
     if family.gaussian and settings.newton_steps:
         newton = fit_newton(
-            family, prior, log_likelihood, theta0, settings.newton_steps, settings.num_samples,
+            family, prior, log_likelihood, theta0,
+            min(settings.newton_steps, settings.max_steps), settings.num_samples,
             noise, settings.tol, progress,
         )  # fmt: skip
         theta0, newton_steps = newton.theta, newton.steps

@@ -98,6 +98,13 @@ class Curvature:
     def take(self, rows: Tensor) -> Curvature:
         return Curvature(self.grad[rows], self.hessian[rows])
 
+    def floored(self) -> Curvature:
+        """The same g, with H's eigenvalues raised to ``MIN_CURVATURE`` times the largest
+        (module docstring), as the update and R need."""
+        values, vectors = torch.linalg.eigh(self.hessian)
+        least = MIN_CURVATURE * values.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+        return Curvature(self.grad, (vectors * values.clamp_min(least).unsqueeze(-2)) @ vectors.mT)
+
     def newton(self, q: Gaussian, step: Tensor) -> Gaussian:
         """The update of the module docstring, damped: S'^-1 = (1 - step) S^-1 + step H,
         mu' = mu + step H^-1 g, with ``step`` in (0, 1] per datapoint [N]."""
@@ -130,12 +137,10 @@ class Curvature:
         return mean_part + spread_part
 
 
-def curvature(
-    log_joint: LogJoint, q: Gaussian, num_pairs: int, dtype: torch.dtype, floor: bool = True
-) -> Curvature:
+def curvature(log_joint: LogJoint, q: Gaussian, num_pairs: int, dtype: torch.dtype) -> Curvature:
     """g and H of ``Curvature`` from ``num_pairs`` antithetic pairs of draws of q, the model
-    evaluated in ``dtype``; ``floor=False`` leaves H's eigenvalues as they are (the mean of
-    several groups' H is then floored once, by ``floored``)."""
+    evaluated in ``dtype``; H as estimated, not yet floored (``Curvature.floored``), so that
+    the H of several groups can be pooled first."""
     n, d = q.loc.shape
     eps = torch.randn(num_pairs, n, d, dtype=torch.float64, device=q.loc.device)
     eps = torch.cat([eps, -eps])
@@ -148,15 +153,7 @@ def curvature(
         ]
     hessian = -torch.stack(rows, -2).double().mean(0)
     hessian = 0.5 * (hessian + hessian.mT)
-    return Curvature(grad.detach().double().mean(0), floored(hessian) if floor else hessian)
-
-
-def floored(hessian: Tensor) -> Tensor:
-    """The symmetric H [..., D, D] with its eigenvalues raised to ``MIN_CURVATURE`` times the
-    largest (module docstring)."""
-    values, vectors = torch.linalg.eigh(hessian)
-    least = MIN_CURVATURE * values.abs().amax(-1, keepdim=True).clamp_min(1e-12)
-    return (vectors * values.clamp_min(least).unsqueeze(-2)) @ vectors.mT
+    return Curvature(grad.detach().double().mean(0), hessian)
 
 
 @dataclass
@@ -197,7 +194,7 @@ def fit_newton(
         while steps < max_steps and len(active):
             steps += 1
             q = Gaussian.of(family.distribution(theta[active]))
-            c = curvature(joint(prior, log_likelihood(active)), q, num_pairs, theta.dtype)
+            c = curvature(joint(prior, log_likelihood(active)), q, num_pairs, theta.dtype).floored()
             done = c.remaining(q) < tol
             converged[active[done]] = True
             active, q, c = active[~done], q.take(~done), c.take(~done)

@@ -44,14 +44,7 @@ from vae_lab.components.posteriors import PosteriorFamily
 from vae_lab.estimators.elbo import chunks, log_importance_weights
 from vae_lab.estimators.estimate import Estimate, StreamedMean
 from vae_lab.estimators.gaps import QStarFit, QStarSettings, fit_qstar
-from vae_lab.estimators.newton import (
-    Curvature,
-    Gaussian,
-    RowsLogLikelihood,
-    curvature,
-    floored,
-    joint,
-)
+from vae_lab.estimators.newton import Curvature, Gaussian, RowsLogLikelihood, curvature, joint
 
 
 def qstar_residual(
@@ -89,18 +82,14 @@ def newton_residual(
         raise ValueError(f"residual_sample_factor={num_groups}: the jackknife needs 2 groups")
     rows = torch.arange(theta.shape[0], device=theta.device)
     q, ll = Gaussian.of(family.distribution(theta)), log_likelihood(rows)
-    groups = [curvature(joint(prior, ll), q, settings.num_samples, theta.dtype, floor=False)
+    groups = [curvature(joint(prior, ll), q, settings.num_samples, theta.dtype)
               for _ in range(num_groups)]  # fmt: skip
     grads = torch.stack([group.grad for group in groups])
     hessians = torch.stack([group.hessian for group in groups])
-
-    def remaining(grad: Tensor, hessian: Tensor) -> Tensor:  # H floored once, after pooling
-        return Curvature(grad, floored(hessian)).remaining(q)
-
-    whole = remaining(grads.mean(0), hessians.mean(0))
+    whole = Curvature(grads.mean(0), hessians.mean(0)).floored().remaining(q)
     left_out = torch.stack([
-        remaining((grads.sum(0) - grads[j]) / (num_groups - 1),
-                  (hessians.sum(0) - hessians[j]) / (num_groups - 1))
+        Curvature((grads.sum(0) - grads[j]) / (num_groups - 1),
+                  (hessians.sum(0) - hessians[j]) / (num_groups - 1)).floored().remaining(q)
         for j in range(num_groups)
     ])  # fmt: skip
     value = num_groups * whole - (num_groups - 1) * left_out.mean(0)
