@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import REPO, Bench, Result
+from vae_lab.training.subnormals import subnormals_flushed
+from vae_lab.training.threads import use_threads
 
 BENCHMARKS = ("training", "paper_budget", "iw", "memory", "qstar", "ais")
 
@@ -54,6 +56,7 @@ def machine(bench: Bench) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "subnormals_flushed": subnormals_flushed(torch.get_num_threads()),
         "torch": torch.__version__,
         "device": str(bench.device),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -120,7 +123,7 @@ def quiet() -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet()
-    torch.set_num_threads(args.threads or default_threads())
+    use_threads(args.threads or default_threads())  # as a run: subnormals flushed, too
     start = time.perf_counter()
     bench = Bench.create(dict(o.split("=", 1) for o in args.override))
     report: dict[str, Any] = {"machine": machine(bench), "config": bench.overrides}

@@ -22,8 +22,13 @@ from vae_lab.components.data import Digits, InMemoryDataModule
 from vae_lab.evaluation.sample_quality import ClassifierSpec, cached_classifier
 from vae_lab.model.module import VAE
 from vae_lab.training.build import build_datamodule
+from vae_lab.training.subnormals import flush_subnormals
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: the suite computes as a run does (``use_threads``), on whichever thread a test runs it:
+#: set before torch starts its threads, which take the mode from this one
+flush_subnormals()
 CONF_DIR = REPO / "conf"
 SHARED_DATA = Path(os.environ.get("VAE_LAB_TEST_DATA", REPO.parent / "shared" / "data"))
 

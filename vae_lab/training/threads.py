@@ -5,6 +5,9 @@ Torch's own default is the machine's cores, not those this process may run on: a
 4 cores and thrash. The default here is the affinity mask's size. ``OMP_NUM_THREADS`` comes
 first: the joblib launcher sets it to cores // n_jobs in each worker so that parallel jobs share
 the cores (``conf/config.yaml`` reads it too, so the resolved config records it).
+
+The threads are also where subnormal floats are flushed to zero (``subnormals``): a thread takes
+that mode from the thread that starts it, so it is set before torch's pool of threads starts.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vae_lab.config.validation import validate
+from vae_lab.training.subnormals import flush_subnormals, subnormals_flushed
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,16 @@ def oversubscribed(load: float, cores: int, threads: int) -> bool:
 
 
 def use_threads(num_threads: int | None) -> None:
-    """Give torch ``num_threads`` intra-op threads (None: ``default_threads()``), with one
-    warning line when the machine is oversubscribed: then the threads wait on each other, and a
-    job can run several times slower than alone."""
+    """Give torch ``num_threads`` intra-op threads (None: ``default_threads()``) that flush
+    subnormal floats to zero, with one warning line when the machine is oversubscribed: then the
+    threads wait on each other, and a job can run several times slower than alone."""
     validate(OmegaConf.create({"num_threads": num_threads}))
     threads = default_threads() if num_threads is None else num_threads
+    flushing = flush_subnormals()
     torch.set_num_threads(threads)
-    log.info("torch uses %d threads", torch.get_num_threads())
+    flushed = flushing and subnormals_flushed(threads)  # started here, the pool takes the mode
+    log.info("torch uses %d threads%s", torch.get_num_threads(),
+             ", subnormal floats flushed to zero" if flushed else "")  # fmt: skip
     if not hasattr(os, "getloadavg"):  # Windows
         return
     load, cores = os.getloadavg()[0], available_cores()
