@@ -25,12 +25,12 @@ from vae_lab.training.build import build_datamodule
 from vae_lab.training.subnormals import flush_subnormals
 
 REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_DATA = Path(os.environ.get("VAE_LAB_TEST_DATA", REPO.parent / "shared" / "data"))
 
 #: the suite computes as a run does (``use_threads``), on whichever thread a test runs it:
 #: set before torch starts its threads, which take the mode from this one
 flush_subnormals()
-CONF_DIR = REPO / "conf"
-SHARED_DATA = Path(os.environ.get("VAE_LAB_TEST_DATA", REPO.parent / "shared" / "data"))
 
 #: shrinks any run to seconds: debug=fast (conf/debug/fast.yaml: one short epoch, a small K, the
 #: cheap test stages), on the CPU, with small IW chunks; no logger (last: tests drop it)
