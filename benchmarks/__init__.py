@@ -13,4 +13,11 @@ config, and compares it with a reference doing the same work:
     ais       AIS throughput in datapoint-chain-steps per second
 
 ``benchmarks.run`` runs them, prints a table and writes ``bench.json``.
+
+The package imports vae_lab before any module of it loads torch: vae_lab sets how long OpenMP's
+idle threads spin (``GOMP_SPINCOUNT``, read once, when torch loads OpenMP), and a benchmark
+must time the threads a run has. Loaded first, torch kept libgomp's own spin, under which a
+job alone steps faster than a run (docs/speed.md, "Jobs that share the cores").
 """
+
+import vae_lab  # noqa: F401  (first: see above)

@@ -56,6 +56,7 @@ def machine(bench: Bench) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "openmp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
         "subnormals_flushed": subnormals_flushed(torch.get_num_threads()),
         "torch": torch.__version__,
         "device": str(bench.device),

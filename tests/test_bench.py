@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import vae_lab
 from benchmarks import run
+from tests.conftest import REPO
 
 #: the figures the issue asks for, per benchmark
 REQUIRED = {
@@ -51,7 +56,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_bench_json_names_the_machine(report: dict) -> None:
     machine = report["machine"]
-    for key in ("cpu", "cores", "torch_threads", "torch", "device", "load_average_at_start"):
+    keys = ("cpu", "cores", "torch_threads", "openmp_spin_count", "subnormals_flushed", "torch",
+            "device", "load_average_at_start")  # fmt: skip
+    for key in keys:
         assert key in machine, key
     assert report["wall_s"] > 0
 
@@ -83,3 +90,13 @@ def test_table_lists_every_figure(report: dict) -> None:
     for name, result in report["benchmarks"].items():
         for figure in result["figures"]:
             assert figure in text, (name, figure)
+
+
+def test_the_benchmarks_spin_openmp_threads_as_a_run_does() -> None:
+    """OpenMP reads GOMP_SPINCOUNT once, as torch loads it: importing the benchmarks imports
+    vae_lab, which sets it, before anything imports torch."""
+    code = "import os, sys, benchmarks; print('torch' in sys.modules, os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert out.stdout.split() == ["False", vae_lab.OPENMP_SPIN_COUNT]
