@@ -7,9 +7,10 @@ the command lines (``python -m vae_lab.run``) import nothing of them before they
 Importing the package first sets ``GOMP_SPINCOUNT`` (unless it is set): the number of times an
 idle OpenMP thread of torch's CPU build polls for work before it sleeps. libgomp's default
 keeps it spinning for about a third of a millisecond, so jobs that share the cores (two runs
-started together, a sweep beside an evaluation) take each other's time spinning: two default
-runs on a 2-core machine took 9.5 times the wall time of one. A short spin costs a run alone a
-few percent (docs/speed.md). It must be set before torch loads OpenMP, hence here.
+started together, a sweep beside an evaluation) take each other's time spinning, several times
+the wall time of each alone. A short spin slows a job that has the cores to itself, which may
+set ``GOMP_SPINCOUNT=300000`` (libgomp's default) in its environment (docs/speed.md, "Jobs that
+share the cores", has both figures). It must be set before torch loads OpenMP, hence here.
 """
 
 from __future__ import annotations
