@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 from benchmarks.common import REPO, Bench, Result
-from vae_lab.training.subnormals import subnormals_flushed
 from vae_lab.training.threads import use_threads
 
 BENCHMARKS = ("training", "paper_budget", "iw", "memory", "qstar", "ais")
@@ -57,7 +56,6 @@ def machine(bench: Bench) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "openmp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
-        "subnormals_flushed": subnormals_flushed(torch.get_num_threads()),
         "torch": torch.__version__,
         "device": str(bench.device),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -124,10 +122,11 @@ def quiet() -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet()
-    use_threads(args.threads or default_threads())  # as a run: subnormals flushed, too
+    flushed = use_threads(args.threads or default_threads())  # as a run's: subnormals flushed
     start = time.perf_counter()
     bench = Bench.create(dict(o.split("=", 1) for o in args.override))
     report: dict[str, Any] = {"machine": machine(bench), "config": bench.overrides}
+    report["machine"]["subnormals_flushed"] = flushed
     results: dict[str, Result] = {}
     sizes: dict[str, Any] = {}
     for name in args.only:

@@ -6,8 +6,8 @@ operation. Training makes them: Adam's first moment m_t = beta1 m_{t-1} + (1 - b
 weight whose gradient has stopped (the first layer's weights of a pixel that is seldom on, in
 MNIST) shrinks by beta1 each step and takes about 150 steps (beta1 = 0.9) to pass through the
 subnormal range, the second moment's v_t about 16,000 (beta2 = 0.999); a saturated sigmoid's
-exp(-|l|) underflows through it as well. A trained model's steps ran
-slower than a fresh one's until they were flushed (docs/speed.md, "Subnormal floats").
+exp(-|l|) underflows through it as well. A trained model's steps ran slower than a fresh one's
+until they were flushed (docs/speed.md, "Subnormal floats").
 
 Flushing them (the CPU's flush-to-zero and denormals-are-zero modes) changes every value by less
 than 2^-126 in absolute terms: nothing that reaches a printed figure, since the estimators work

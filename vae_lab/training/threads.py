@@ -48,10 +48,11 @@ def oversubscribed(load: float, cores: int, threads: int) -> bool:
     return load >= cores + threads
 
 
-def use_threads(num_threads: int | None) -> None:
+def use_threads(num_threads: int | None) -> bool:
     """Give torch ``num_threads`` intra-op threads (None: ``default_threads()``) that flush
     subnormal floats to zero, with one warning line when the machine is oversubscribed: then the
-    threads wait on each other, and a job can run several times slower than alone."""
+    threads wait on each other, and a job can run several times slower than alone. Returns
+    whether every thread flushes (not where the CPU cannot, or the pool started earlier)."""
     validate(OmegaConf.create({"num_threads": num_threads}))
     threads = default_threads() if num_threads is None else num_threads
     flushing = flush_subnormals()
@@ -60,7 +61,7 @@ def use_threads(num_threads: int | None) -> None:
     log.info("torch uses %d threads%s", torch.get_num_threads(),
              ", subnormal floats flushed to zero" if flushed else "")  # fmt: skip
     if not hasattr(os, "getloadavg"):  # Windows
-        return
+        return flushed
     load, cores = os.getloadavg()[0], available_cores()
     if oversubscribed(load, cores, threads):
         fewer = "set num_threads=1 or " if threads > 1 else ""
@@ -69,3 +70,4 @@ def use_threads(num_threads: int | None) -> None:
             "threads (%d) start; %srun fewer jobs at once (hydra.launcher.n_jobs)",
             load, cores, threads, fewer,
         )  # fmt: skip
+    return flushed
