@@ -86,7 +86,8 @@ CLASS_PACKAGES = ("vae_lab.", "torch.optim.")
 FACTORIES = ("vae_lab.components.networks.mlp_networks", "vae_lab.components.conv.conv_networks",
              "vae_lab.components.hierarchical.hierarchical_networks",
              "vae_lab.records.tracking.wandb_logger")  # fmt: skip
-#: Lightning's classes that the shipped conf/ names, allowed by their exact path alone
+#: Lightning's classes that conf/ names, or named (the TQDM bar of run folders written before
+#: vae_lab's own bar: resume= rebuilds them), allowed by their exact path alone
 LIGHTNING = ("pytorch_lightning.Trainer", "pytorch_lightning.callbacks.TQDMProgressBar")
 
 
