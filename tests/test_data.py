@@ -87,6 +87,10 @@ def test_binarize_draws_bernoulli_pixels():
     stderr = (p * (1 - p) / n).sqrt()
     assert ((draws.mean(0) - p).abs() <= 5 * stderr).all()
     assert draws[:, 0].eq(0).all() and draws[:, -1].eq(1).all()
+    torch.manual_seed(1)  # one uniform per pixel, from the global stream, as before
+    again = binarize(p.expand(3, -1))
+    torch.manual_seed(1)
+    assert torch.equal(again, (torch.rand(3, 200) < p).to(p.dtype))
 
 
 def test_grey_level_data_stays_grey_level():
