@@ -58,7 +58,8 @@ def use_threads(num_threads: int | None) -> bool:
     flushing = flush_subnormals()
     torch.set_num_threads(threads)
     flushed = flushing and subnormals_flushed(threads)  # started here, the pool takes the mode
-    log.info("torch uses %d threads%s", torch.get_num_threads(),
+    count = torch.get_num_threads()
+    log.info("torch uses %d thread%s%s", count, "" if count == 1 else "s",
              ", subnormal floats flushed to zero" if flushed else "")  # fmt: skip
     if not hasattr(os, "getloadavg"):  # Windows
         return flushed
