@@ -5,8 +5,8 @@ validation every ``trainer.check_val_every_n_epoch`` epochs), projected from who
 settings for ``epochs`` epochs, validating every ``val_every`` epochs instead of the preset's
 cadence so that a few epochs hold both kinds. Each epoch is timed from one
 ``on_train_epoch_start`` to the next (its training, then its validation and checkpoint writes
-where it has them); the first epoch, which holds one-off costs (a compiled step's compilation),
-is reported apart. The projection
+where it has them); the first epoch, which holds one-off costs (the first allocations, the data's
+first pass), is reported apart. The projection
 
     minutes = (E * epoch_s + (E / n) * validation_s) / 60,
 
@@ -104,7 +104,6 @@ def run(bench: Bench, size: Size) -> Result:
         "validation_s": validation_s,
         "first_epoch_s": seconds[0],
         "precision": str(cfg.trainer.precision),
-        "compile_training": bool(cfg.get("compile_training", False)),
     }
     return Result(
         figures,
