@@ -9,8 +9,9 @@ left)``. The time left is
 
 E the job's epochs, e the current one, t_i the starts of this process's epochs (a resumed job
 counts from its checkpoint's epoch). The first epoch's time is left out of the mean once there
-are others, for it holds one-off costs (the first batches, compilation); the epochs that
-validate and write checkpoints count theirs, so the mean carries them at the run's cadence.
+are others, for it holds one-off costs (first allocations; with eval.compile, compiling); the
+epochs that validate and write checkpoints count theirs, so the mean carries them at the run's
+cadence.
 
 Where the output is not a terminal (``nohup``, a cluster job's output file) a bar's redraws
 would fill the file, some 20 MB over such a job; there the bar is off and a line is printed at
@@ -77,7 +78,7 @@ class JobProgressBar(TQDMProgressBar):
         self.line_every_s = line_every_s
         self.lines = False
         self.epoch_starts: list[float] = []
-        self.last_line: float | None = None
+        self.last_line_at: float | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -97,7 +98,7 @@ class JobProgressBar(TQDMProgressBar):
             return
         now, done = time.perf_counter(), trainer.current_epoch + 1
         last = done == trainer.max_epochs
-        if self.last_line is None or now - self.last_line >= self.line_every_s or last:
+        if self.last_line_at is None or now - self.last_line_at >= self.line_every_s or last:
             label = epoch_label(done, trainer.max_epochs, [*self.epoch_starts, now])
             print(progress_line(label, self.get_metrics(trainer, pl_module)), flush=True)
-            self.last_line = now
+            self.last_line_at = now
