@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import compose_config
 from vae_lab.components.data import InMemoryDataModule
+from vae_lab.config.validation import ConfigError
 from vae_lab.model.module import VAE
 from vae_lab.training.build import build_datamodule, build_trainer
 from vae_lab.training.progress import JobProgressBar, epoch_label, progress_line, seconds_left
@@ -77,3 +78,11 @@ def test_every_epoch_a_line_when_asked(tmp_path, capsys):
     fit(tmp_path, ["callbacks.progress_bar.line_every_s=0"])
     shown = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Epoch")]
     assert [x.split(" (")[0] for x in shown] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+
+
+@pytest.mark.parametrize("override", ["line_every_s=-1", "line_every_s=soon", "bar=1",
+                                      "refresh_rate=-2"])  # fmt: skip
+def test_a_bad_setting_is_one_config_error_naming_its_key(tmp_path, override):
+    cfg = compose_config([f"callbacks.progress_bar.{override}"])
+    with pytest.raises(ConfigError, match=f"^callbacks.progress_bar.{override} is invalid"):
+        build_trainer(cfg, tmp_path, logger=None)

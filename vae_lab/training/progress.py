@@ -30,6 +30,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 from tqdm import tqdm
 
+from vae_lab.config.validation import NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, optional, require
+
 
 def seconds_left(epoch: int, max_epochs: int, starts: Sequence[float]) -> float | None:
     """The job's remaining epochs, this one included, times the mean epoch time so far (the
@@ -73,6 +75,9 @@ class JobProgressBar(TQDMProgressBar):
         bar: bool | None = None,
         line_every_s: float = 60.0,
     ) -> None:
+        require("refresh_rate", refresh_rate, NON_NEGATIVE_INT)  # 0: no bar (Lightning's)
+        require("bar", bar, optional((lambda v: isinstance(v, bool), "true or false")))
+        require("line_every_s", line_every_s, NON_NEGATIVE_NUMBER)
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.bar = bar
         self.line_every_s = line_every_s
