@@ -134,6 +134,7 @@ def assert_best_is_the_largest_reliable(record: dict, names: tuple[str, ...]) ->
             "eval.qstar_family=[null,gaussian] is invalid: it names one family twice",
         ),
         ("eval.device=tpu", "eval.device=tpu is invalid: must be auto, cpu, cuda or cuda:N"),
+        ("eval.bdmc=1", "eval.bdmc=1 is invalid: must be true or false"),  # a switch, not 1
         pytest.param(
             "eval.device=cuda",
             "eval.device=cuda, but torch sees no GPU here: use eval.device=cpu",

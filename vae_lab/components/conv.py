@@ -29,7 +29,14 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from vae_lab.components.networks import ACTIVATIONS, Networks, glorot, glorot_linear
-from vae_lab.config.validation import POSITIVE_INT, ConfigError, one_of, require, require_all
+from vae_lab.config.validation import (
+    BOOLEAN,
+    POSITIVE_INT,
+    ConfigError,
+    one_of,
+    require,
+    require_all,
+)
 
 
 def image_of(data_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -159,7 +166,7 @@ def conv_networks(
         require("channels", value, POSITIVE_INT)
     for value in strides:
         require("strides", value, POSITIVE_INT)
-    require("residual", residual, one_of(True, False))
+    require("residual", residual, BOOLEAN)
     require("activation", activation, one_of(*ACTIVATIONS))
     sizes = [image[1:]]
     for stride in strides:

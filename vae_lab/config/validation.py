@@ -37,6 +37,9 @@ NON_NEGATIVE_NUMBER: Rule = (
     "a non-negative number",
 )
 
+#: a switch: true or false themselves, not 1 or 0 (which ``one_of(True, False)`` let through)
+BOOLEAN: Rule = (lambda v: isinstance(v, bool), "true or false")
+
 #: draws of an estimate whose standard error is reported: one draw has no sample variance
 SAMPLES_WITH_STDERR: Rule = (
     lambda v: _integer(v) and v >= 2,
@@ -80,7 +83,7 @@ RUN_RULES: dict[str, Rule] = {
     "num_threads": optional(POSITIVE_INT),
     "eval.num_samples": SAMPLES_WITH_STDERR,
     "eval.chunk_size": optional((POSITIVE_INT[0], "a positive integer (samples drawn at once)")),
-    "eval.compile": one_of(True, False),
+    "eval.compile": BOOLEAN,
     "eval.val_num_samples": SAMPLES_WITH_STDERR,
     # a run that trains nothing would be recorded completed with the untrained model's figures
     "trainer.max_epochs": optional(TRAINING_LIMIT),

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from vae_lab.config.compose import override_key
 from vae_lab.config.validation import (
+    BOOLEAN,
     NON_NEGATIVE_INT,
     NON_NEGATIVE_NUMBER,
     POSITIVE_INT,
@@ -38,7 +39,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.qstar_gradient": one_of("stl", "reparam"),
     "eval.qstar_residual_steps": POSITIVE_INT,
     "eval.qstar_newton_steps": NON_NEGATIVE_INT,
-    "eval.bdmc": one_of(True, False),
+    "eval.bdmc": BOOLEAN,
     "eval.bdmc_points": POSITIVE_INT,
     "eval.bdmc_max_width": POSITIVE_NUMBER,
     "eval.device": (

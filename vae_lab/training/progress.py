@@ -30,7 +30,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 from tqdm import tqdm
 
-from vae_lab.config.validation import NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, optional, require
+from vae_lab.config.validation import (
+    BOOLEAN,
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_NUMBER,
+    optional,
+    require,
+)
 
 
 def seconds_left(epoch: int, max_epochs: int, starts: Sequence[float]) -> float | None:
@@ -76,7 +82,7 @@ class JobProgressBar(TQDMProgressBar):
         line_every_s: float = 60.0,
     ) -> None:
         require("refresh_rate", refresh_rate, NON_NEGATIVE_INT)  # 0: no bar (Lightning's)
-        require("bar", bar, optional((lambda v: isinstance(v, bool), "true or false")))
+        require("bar", bar, optional(BOOLEAN))
         require("line_every_s", line_every_s, NON_NEGATIVE_NUMBER)
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.bar = bar
