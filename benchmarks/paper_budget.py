@@ -32,6 +32,7 @@ from benchmarks.common import Bench, Goal, Result, compose_config, synchronize
 from benchmarks.training import quiet_terminal
 from vae_lab.model.module import VAE
 from vae_lab.training.build import build_logger, build_trainer
+from vae_lab.training.progress import intervals
 
 PRESET = "inference_gap"
 
@@ -63,7 +64,7 @@ class EpochClock(pl.Callback):
 
     @property
     def seconds(self) -> list[float]:
-        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+        return intervals(self.starts)
 
 
 def preset_config(bench: Bench, size: Size) -> Any:

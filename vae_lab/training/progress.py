@@ -39,10 +39,15 @@ from vae_lab.config.validation import (
 )
 
 
+def intervals(starts: Sequence[float]) -> list[float]:
+    """The times between consecutive starts: each epoch's wall time, from its start to the next."""
+    return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+
+
 def seconds_left(epoch: int, max_epochs: int, starts: Sequence[float]) -> float | None:
     """The job's remaining epochs, this one included, times the mean epoch time so far (the
     first epoch's left out once there are others); None before an epoch has ended."""
-    durations = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    durations = intervals(starts)
     if not durations:
         return None
     typical = durations[1:] or durations
