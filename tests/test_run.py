@@ -188,3 +188,23 @@ def test_training_figures_reach_the_logger_at_every_logging_step(every):
     logged = sorted(step for step, names in logger.rows.items() if train <= names)
     assert logged == [step for step in range(12) if (step + 1) % every == 0]
     assert "train/loss" in trainer.callback_metrics
+
+
+def test_last_ckpt_is_the_latest_validation_whether_or_not_it_improved(tmp_path):
+    """With a learning rate of 0 the seeded validation gives one val/elbo at every epoch, so only
+    the first is an improvement: best.ckpt stays at epoch 0, last.ckpt follows every epoch
+    (what a resumed or requeued job continues from), with the best's record of that epoch."""
+    choices = {"posterior": "gaussian", "prior": "standard", "data": "digits"}
+    execute(compose_config(["trainer.max_epochs=3", "optim.lr=0"]), tmp_path, choices)
+    last, best = (
+        torch.load(tmp_path / "checkpoints" / f"{name}.ckpt", weights_only=False)
+        for name in ("last", "best")
+    )
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    assert last["global_step"] == 3 * best["global_step"]
+
+    def best_score(checkpoint: dict) -> torch.Tensor:
+        (state,) = (s for key, s in checkpoint["callbacks"].items() if "val/elbo" in key)
+        return state["best_model_score"]
+
+    assert best_score(last) == best_score(best)

@@ -87,8 +87,9 @@ def build_trainer(
     logger: pl.loggers.Logger | None,
     stamp: dict[str, str] | None = None,
 ) -> pl.Trainer:
-    """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint;
-    every checkpoint carries the run's config and ``stamp`` (``RunStamp``).
+    """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint
+    (``best.ckpt``) and the latest (``last.ckpt``, written at every validation); every
+    checkpoint carries the run's config and ``stamp`` (``RunStamp``).
 
     Further callbacks come from ``cfg.callbacks``, a mapping of name -> ``_target_`` config
     (a null entry is skipped), so a feature adds its callback by config alone; a progress bar
@@ -98,14 +99,17 @@ def build_trainer(
         raise ConfigError(
             "trainer.accelerator=gpu, but torch sees no GPU here: use trainer=cpu (or default)"
         )
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/elbo",
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,  # a run copied elsewhere and resumed keeps one best.ckpt
-    )
+    # Two callbacks: Lightning's save_last writes last.ckpt only when a checkpoint is saved,
+    # that is when val/elbo improves, so a requeued job would redo every epoch since its best.
+    # The best one is listed first: both save at the end of each validation in this order, so
+    # last.ckpt holds the best's state of that validation, which a resumed run continues from.
+    # enable_version_counter=False: a run copied elsewhere and resumed keeps one file of each.
+    checkpoints = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/elbo",
+                        mode="max", enable_version_counter=False),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last",
+                        enable_version_counter=False),
+    ]  # fmt: skip
     extra = [
         component(c, f"callbacks.{name}")
         for name, c in (cfg.get("callbacks") or {}).items()
@@ -117,6 +121,6 @@ def build_trainer(
         cfg.trainer,
         "trainer",
         logger=logger or False,
-        callbacks=[checkpoint, *extra, StepTimer(), RunStamp(cfg, stamp)],
+        callbacks=[*checkpoints, *extra, StepTimer(), RunStamp(cfg, stamp)],
         default_root_dir=str(run_dir),
     )
