@@ -193,18 +193,23 @@ def test_training_figures_reach_the_logger_at_every_logging_step(every):
 def test_last_ckpt_is_the_latest_validation_whether_or_not_it_improved(tmp_path):
     """With a learning rate of 0 the seeded validation gives one val/elbo at every epoch, so only
     the first is an improvement: best.ckpt stays at epoch 0, last.ckpt follows every epoch
-    (what a resumed or requeued job continues from), with the best's record of that epoch."""
+    (what a resumed or requeued job continues from). Either way last.ckpt holds the best's
+    record of its own validation: at lr 0 epoch 0's, when training improves the last epoch's."""
     choices = {"posterior": "gaussian", "prior": "standard", "data": "digits"}
-    execute(compose_config(["trainer.max_epochs=3", "optim.lr=0"]), tmp_path, choices)
-    last, best = (
-        torch.load(tmp_path / "checkpoints" / f"{name}.ckpt", weights_only=False)
-        for name in ("last", "best")
-    )
-    assert (best["epoch"], last["epoch"]) == (0, 2)
-    assert last["global_step"] == 3 * best["global_step"]
+
+    def checkpoints(name: str, overrides: list[str]) -> tuple[dict, dict]:
+        execute(compose_config(overrides), tmp_path / name, choices)
+        folder = tmp_path / name / "checkpoints"
+        return tuple(torch.load(folder / f"{n}.ckpt", weights_only=False) for n in ("last", "best"))
 
     def best_score(checkpoint: dict) -> torch.Tensor:
         (state,) = (s for key, s in checkpoint["callbacks"].items() if "val/elbo" in key)
         return state["best_model_score"]
 
+    last, best = checkpoints("still", ["trainer.max_epochs=3", "optim.lr=0"])
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    assert last["global_step"] == 3 * best["global_step"]
     assert best_score(last) == best_score(best)
+    last, best = checkpoints("learning", ["trainer.max_epochs=2"])
+    assert (best["epoch"], last["epoch"]) == (1, 1)  # the second validation improved
+    assert best_score(last) == best_score(best) > best_score(checkpoints("one", [])[1])
