@@ -104,11 +104,11 @@ def build_trainer(
     # The best one is listed first: both save at the end of each validation in this order, so
     # last.ckpt holds the best's state of that validation, which a resumed run continues from.
     # enable_version_counter=False: a run copied elsewhere and resumed keeps one file of each.
+    folder = run_dir / "checkpoints"
     checkpoints = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/elbo",
-                        mode="max", enable_version_counter=False),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last",
+        ModelCheckpoint(dirpath=folder, filename="best", monitor="val/elbo", mode="max",
                         enable_version_counter=False),
+        ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False),
     ]  # fmt: skip
     extra = [
         component(c, f"callbacks.{name}")
