@@ -19,8 +19,8 @@ install:  ## install torch (CPU or CUDA), vae_lab and its dev tools
 		$(PIP) install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -e ".[dev]"
 
-test:  ## the fast test suite (a few minutes)
-	$(PYTHON) -m pytest -q
+test:  ## the fast test suite (a few minutes), one worker per core (tests/conftest.py)
+	$(PYTHON) -m pytest -q -n auto
 
 test-full:  ## every test, the slow ones too
 	$(PYTHON) -m pytest -q -m ""

@@ -23,6 +23,7 @@ from vae_lab.evaluation.sample_quality import ClassifierSpec, cached_classifier
 from vae_lab.model.module import VAE
 from vae_lab.training.build import build_datamodule
 from vae_lab.training.subnormals import flush_subnormals
+from vae_lab.training.threads import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -31,6 +32,18 @@ SHARED_DATA = Path(os.environ.get("VAE_LAB_TEST_DATA", REPO.parent / "shared" / 
 #: the suite computes as a run does (``use_threads``), on whichever thread a test runs it:
 #: set before torch starts its threads, which take the mode from this one
 flush_subnormals()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``: one worker per core), each worker
+    computes on its share of the cores, and so do the runs it starts (``OMP_NUM_THREADS``,
+    which ``default_threads`` reads): never more threads than cores in all."""
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        threads = max(1, available_cores() // worker["workercount"])
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
 
 #: shrinks any run to seconds: debug=fast (conf/debug/fast.yaml: one short epoch, a small K, the
 #: cheap test stages), on the CPU, with small IW chunks; no logger (last: tests drop it)
