@@ -157,9 +157,13 @@ def test_an_unreadable_or_missing_path_is_named(tmp_path, content, message):
         setup(path)
 
 
-def test_fractions_are_checked_with_their_key(tmp_path):
-    cfg = compose_config(["data=images", f"data.path={tmp_path}", "data.test_fraction=1.5"])
-    with pytest.raises(ConfigError, match=r"data\.test_fraction=1\.5 is invalid"):
+@pytest.mark.parametrize("value, shown", [("1.5", "1.5"), ("false", "False")])
+def test_fractions_are_checked_with_their_key(tmp_path, value, shown):
+    """Out of [0, 1), or a switch where a number belongs (Python counts False as 0, in range)."""
+    cfg = compose_config(["data=images", f"data.path={tmp_path}", f"data.test_fraction={value}"])
+    with pytest.raises(
+        ConfigError, match=rf"^data\.test_fraction={shown} is invalid: must be a number"
+    ):
         build_datamodule(cfg)
 
 

@@ -26,16 +26,15 @@ def _integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def is_number(v: Any) -> bool:
+    """An int or a float; not a bool, which Python counts as an int (``true`` is not 1.0)."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 POSITIVE_INT: Rule = (lambda v: _integer(v) and v > 0, "a positive integer")
 NON_NEGATIVE_INT: Rule = (lambda v: _integer(v) and v >= 0, "a non-negative integer")
-POSITIVE_NUMBER: Rule = (
-    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
-    "a positive number",
-)
-NON_NEGATIVE_NUMBER: Rule = (
-    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
-    "a non-negative number",
-)
+POSITIVE_NUMBER: Rule = (lambda v: is_number(v) and v > 0, "a positive number")
+NON_NEGATIVE_NUMBER: Rule = (lambda v: is_number(v) and v >= 0, "a non-negative number")
 
 #: a switch: true or false themselves, not 1 or 0 (which ``one_of(True, False)`` let through)
 BOOLEAN: Rule = (lambda v: isinstance(v, bool), "true or false")

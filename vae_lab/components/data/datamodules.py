@@ -20,15 +20,12 @@ from torch import Tensor
 
 from vae_lab.components.data.batches import BatchOrder, TensorBatches
 from vae_lab.components.data.files import DataFileError, RemoteFile, default_root, ensure, fetch
-from vae_lab.config.validation import POSITIVE_INT, ConfigError, Rule, require
+from vae_lab.config.validation import POSITIVE_INT, ConfigError, Rule, is_number, require
 
 Splits = tuple[Tensor, Tensor, Tensor]
 
 #: the share of a dataset drawn for a held-out split
-FRACTION: Rule = (
-    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1,
-    "a number in [0, 1)",
-)
+FRACTION: Rule = (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 
 def binarize(p: Tensor) -> Tensor:
