@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from benchmarks.common import Bench, Goal, Result, compose_config, synchronize
 from benchmarks.training import quiet_terminal
 from vae_lab.model.module import VAE
+from vae_lab.records.checkpoint_io import AtomicCheckpointIO
 from vae_lab.training.build import build_logger, build_trainer
 from vae_lab.training.progress import intervals
 
@@ -84,7 +85,9 @@ def run(bench: Bench, size: Size) -> Result:
     model = VAE.from_config(cfg, bench.data_dim, bench.datamodule.image_shape).to(bench.device)
     clock = EpochClock()
     with tempfile.TemporaryDirectory() as run_dir, quiet_terminal():
-        trainer = build_trainer(copy.deepcopy(cfg), Path(run_dir), build_logger(cfg, Path(run_dir)))
+        folder = Path(run_dir)
+        trainer = build_trainer(copy.deepcopy(cfg), folder, build_logger(cfg, folder),
+                                checkpoint_io=AtomicCheckpointIO())  # fmt: skip
         trainer.callbacks.insert(0, clock)
         trainer.fit(model, datamodule=bench.datamodule)
     seconds = clock.seconds

@@ -55,6 +55,7 @@ from vae_lab.components.data import binarize
 from vae_lab.components.data.batches import BatchOrder
 from vae_lab.components.posteriors.gaussian import MIN_SCALE
 from vae_lab.model.module import VAE
+from vae_lab.records.checkpoint_io import AtomicCheckpointIO
 from vae_lab.training.build import build_logger, build_trainer
 
 
@@ -111,7 +112,9 @@ def framework_epoch(bench: Bench, size: Size) -> Epoch:
                  "num_sanity_val_steps": 0, "enable_progress_bar": True}  # fmt: skip
     cfg.trainer = OmegaConf.merge(cfg.trainer, overrides)
     with tempfile.TemporaryDirectory() as run_dir, quiet_terminal():
-        trainer = build_trainer(cfg, Path(run_dir), build_logger(cfg, Path(run_dir)))
+        folder = Path(run_dir)
+        trainer = build_trainer(cfg, folder, build_logger(cfg, folder),
+                                checkpoint_io=AtomicCheckpointIO())  # fmt: skip
         trainer.callbacks.insert(0, timer)  # its epoch ends before the checkpoint's write
         fit_seconds = timed(lambda: trainer.fit(model, datamodule=bench.datamodule))
     return Epoch(timer.seconds, float(timer.loss), fit_seconds)

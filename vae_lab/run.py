@@ -32,6 +32,7 @@ from vae_lab.config.validation import ConfigError, validate
 from vae_lab.evaluation.test_stage import run_test_stage, stages_for_test
 from vae_lab.model.module import VAE
 from vae_lab.records import sweep
+from vae_lab.records.checkpoint_io import AtomicCheckpointIO
 from vae_lab.records.console import USER_ERRORS, quiet_third_parties
 from vae_lab.records.csv_logger import CSVLogger
 from vae_lab.records.interrupts import Interrupted, catching_signals, received, resume_command
@@ -67,7 +68,7 @@ def train_and_test(
         record |= ids
         _record(run_dir, record)
     stamp = {k: record[k] for k in ("run_id", "config_hash") if k in record}
-    trainer = build_trainer(cfg, run_dir, logger, stamp)
+    trainer = build_trainer(cfg, run_dir, logger, stamp, AtomicCheckpointIO())
     first_step = 0
     if resume_from is not None:
         first_step = torch.load(resume_from, map_location="cpu", weights_only=True)["global_step"]

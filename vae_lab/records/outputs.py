@@ -17,10 +17,10 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import OmegaConf
 
@@ -63,20 +63,31 @@ class WriteError(OSError):
     """A record that could not be written; the file is as it was."""
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, with the permissions of a newly created file."""
+def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
+    """Fill a temporary file beside ``path`` by ``write(file)`` (opened ``"wb"`` where
+    ``binary``, else ``"w"``), give it the permissions of a newly created file and rename it
+    over ``path``. Whatever stops it, ``path`` is as it was and no temporary file is left (a
+    kill leaves one, never a torn ``path``); an ``OSError`` becomes a one-line ``WriteError``."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.write(text)
+        mode = "wb" if binary else "w"
+        with tempfile.NamedTemporaryFile(mode, dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            write(tmp)
         os.chmod(tmp.name, 0o666 & ~_umask())
         os.replace(tmp.name, path)
-    except OSError as err:
+    except BaseException as err:
         if tmp is not None:
             Path(tmp.name).unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
         reason = err.strerror or type(err).__name__
         raise WriteError(f"cannot write {path}: {reason}; it is as it was") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (``write_atomically``)."""
+    write_atomically(path, lambda file: file.write(text))
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.plugins.io import CheckpointIO
 
 from vae_lab.components.data import InMemoryDataModule
 from vae_lab.config.instantiate import component
@@ -86,10 +87,12 @@ def build_trainer(
     run_dir: Path,
     logger: pl.loggers.Logger | None,
     stamp: dict[str, str] | None = None,
+    checkpoint_io: CheckpointIO | None = None,
 ) -> pl.Trainer:
     """Lightning's Trainer from ``cfg.trainer``, keeping the best-validation-ELBO checkpoint
     (``best.ckpt``) and the latest (``last.ckpt``, written at every validation); every
-    checkpoint carries the run's config and ``stamp`` (``RunStamp``).
+    checkpoint carries the run's config and ``stamp`` (``RunStamp``). ``checkpoint_io`` writes
+    them (the run store's, ``vae_lab.records.checkpoint_io``; None: Lightning's own).
 
     Further callbacks come from ``cfg.callbacks``, a mapping of name -> ``_target_`` config
     (a null entry is skipped), so a feature adds its callback by config alone; a progress bar
@@ -122,5 +125,6 @@ def build_trainer(
         "trainer",
         logger=logger or False,
         callbacks=[*checkpoints, *extra, StepTimer(), RunStamp(cfg, stamp)],
+        plugins=[checkpoint_io] if checkpoint_io is not None else None,
         default_root_dir=str(run_dir),
     )
