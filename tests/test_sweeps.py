@@ -26,6 +26,7 @@ from tests.conftest import CONF_DIR, REPO, SHRINK, compose_config, options, repo
 from vae_lab.model.schedules import IWAESchedule, iwae_stage
 from vae_lab.records.outputs import read_metrics
 from vae_lab.report.plots import DPI, WIDTH, figure_height
+from vae_lab.training.threads import available_cores
 
 GRID = ["posterior=gaussian,full_cov", "seed=0,1"]
 
@@ -83,7 +84,7 @@ def test_grid_sweep_completes_and_reports(launcher, tmp_path):
     overrides, threads = LAUNCHERS[launcher]
     result = run_sweep(sweep_dir, *GRID, f"hydra/launcher={launcher}", *overrides, threads=threads)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected_threads = threads or max(os.cpu_count() // 2, 1)
+    expected_threads = int(threads) if threads else max(available_cores() // 2, 1)
     said = f"torch uses {expected_threads} thread{'' if expected_threads == 1 else 's'}"
     for job in range(4):
         assert said in (sweep_dir / f"{job}/run.log").read_text()
