@@ -66,8 +66,9 @@ class WriteError(OSError):
 def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
     """Fill a temporary file beside ``path`` by ``write(file)`` (opened ``"wb"`` where
     ``binary``, else ``"w"``), give it the permissions of a newly created file and rename it
-    over ``path``. Whatever stops it, ``path`` is as it was and no temporary file is left (a
-    kill leaves one, never a torn ``path``); an ``OSError`` becomes a one-line ``WriteError``."""
+    over ``path``. An exception that stops it leaves ``path`` as it was and removes the
+    temporary file (an ``OSError`` becomes a one-line ``WriteError``); a kill can leave the
+    temporary file, never a torn ``path``."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
