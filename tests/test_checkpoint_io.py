@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,3 +121,22 @@ def test_a_run_whose_checkpoint_cannot_be_written_fails_in_one_line(tmp_path):
     assert record["status"] == "failed"
     assert record["error"].startswith(f"WriteError: cannot write {best}")
     assert list((run_dir / "checkpoints").iterdir()) == []
+
+
+def test_a_resume_removes_what_a_killed_write_left(finished, tmp_path, monkeypatch, capsys):
+    """A kill during a write leaves its temporary file beside the target; the resume, which
+    holds the run's locks, removes it, and nothing else of the folder's."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished / "0", run_dir)
+    orphans = [run_dir / "checkpoints" / ".last.ckpt.k1lled00.tmp",
+               run_dir / ".metrics.json.k1lled00.tmp"]  # fmt: skip
+    for orphan in orphans:
+        orphan.write_bytes(b"half a file")
+    mine = run_dir / "notes.tmp"
+    mine.write_text("a file of the user's")
+    argv = [f"resume={run_dir}", "trainer.max_epochs=2"]
+    status, err = invoke("run", argv, monkeypatch, capsys)
+    assert status == 0, err[-2000:]
+    assert not any(orphan.exists() for orphan in orphans)
+    assert mine.read_text() == "a file of the user's"
+    assert not list(run_dir.rglob(".*.tmp"))

@@ -72,8 +72,8 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: boo
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = "wb" if binary else "w"
-        with tempfile.NamedTemporaryFile(mode, dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        beside = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": ".tmp"}
+        with tempfile.NamedTemporaryFile("wb" if binary else "w", delete=False, **beside) as tmp:
             write(tmp)
         os.chmod(tmp.name, 0o666 & ~_umask())
         os.replace(tmp.name, path)
@@ -84,6 +84,16 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: boo
             raise
         reason = err.strerror or type(err).__name__
         raise WriteError(f"cannot write {path}: {reason}; it is as it was") from None
+
+
+def remove_orphans(run_dir: Path) -> list[Path]:
+    """Remove the temporary files that killed writes left in the run folder and its
+    ``checkpoints/`` (``.NAME.<random>.tmp`` beside NAME, ``write_atomically``'s); returns
+    them. Only with the run's locks held, when no writer of the folder is alive."""
+    orphans = [p for folder in (run_dir, run_dir / "checkpoints") for p in folder.glob(".*.tmp")]
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
 
 
 def write_text(path: Path, text: str) -> None:

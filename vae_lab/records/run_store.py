@@ -33,6 +33,7 @@ from vae_lab.records.outputs import (
     METRICS_FILE,
     evaluation_lock,
     read_metrics,
+    remove_orphans,
     retire_evaluation,
     saved_choices,
     without_evaluation,
@@ -190,6 +191,8 @@ def resume_config(
         evaluated = (folder / EVAL_LOCK).exists()
         with evaluation_lock(folder, then) if evaluated else nullcontext():
             kept = retire_evaluation(folder)
+            if orphans := remove_orphans(folder):
+                log.info("removed what killed writes left: %s", ", ".join(map(str, orphans)))
     if kept is not None:
         log.warning(
             "resuming %s: its evaluation, of the checkpoints training is about to change, is "
