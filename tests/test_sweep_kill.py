@@ -9,10 +9,12 @@ pool (loky), so the healthy job stops too; the summary still says how each ended
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
 from tests.test_sweeps import SUBMITIT_LOCAL, job_metrics, run_sweep
+from vae_lab.records import sweep
 
 LAUNCHER_STOPPED = "error: the sweep's launcher stopped: "
 SUMMARY = re.compile(r"sweep \S+: (.+); report: python -m vae_lab.report")
@@ -45,3 +47,17 @@ def test_joblib_stops_with_one_line_and_the_summary(tmp_path):
     result = run_sweep(sweep_dir, "+fault=sigkill,none", "hydra.launcher.n_jobs=2",
                        "hydra/launcher=joblib", threads=None)  # fmt: skip
     assert "1 killed" in one_line_and_summary(result) or "2 killed" in one_line_and_summary(result)
+
+
+def test_the_line_starts_a_line_after_a_job_stopped_in_the_middle_of_its_bar(
+    tmp_path, monkeypatch, capsys
+):
+    """joblib's jobs share the sweep's stderr: one stopped while it drew a progress bar leaves
+    its line unended, and the error must not run on after it."""
+    monkeypatch.setattr(sweep, "_sweep_dir", [tmp_path])
+    sys.stderr.write("IW:   0%|          | 0/4 [00:00<?, ?batch/s]")
+    assert sweep.launcher_stopped(RuntimeError("a worker died\nmore")) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"{LAUNCHER_STOPPED}RuntimeError: a worker died (HYDRA_FULL_ERROR=1 shows its traceback)"
+    ]

@@ -142,7 +142,9 @@ def launcher_stopped(err: Exception) -> int:
     """After the launcher raised ``err`` (a job's process died): one line, a wait for the jobs
     still training, the sweep summary; the exit status, 1."""
     first = "".join(str(err).strip().splitlines()[:1])
-    print(f"error: the sweep's launcher stopped: {type(err).__name__}: {first} "
+    # on a line of its own: a job that shares this stderr (joblib's) may have been stopped
+    # in the middle of a progress bar's line
+    print(f"\nerror: the sweep's launcher stopped: {type(err).__name__}: {first} "
           "(HYDRA_FULL_ERROR=1 shows its traceback)", file=sys.stderr)  # fmt: skip
     waited: set[Path] = set()
     while training := {run.folder for run in sweep_runs(_sweep_dir[0]) if run.status == "running"}:
