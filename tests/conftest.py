@@ -157,6 +157,16 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def no_sweep_left() -> Iterator[None]:
+    """A test that starts a sweep in this process ends it (``sweep.end_sweep``, as
+    ``vae_lab.run.main`` does): a ``HYDRA_FULL_ERROR`` left set is inherited by every sweep the
+    process starts later, whose launcher failure is then a traceback, not one line."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    yield
+    assert os.environ.get("HYDRA_FULL_ERROR") == before, "HYDRA_FULL_ERROR left set: end_sweep"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def classifier_cache(tmp_path_factory) -> Iterator[Path]:
     """The suite's sample-quality classifiers go to a fresh cache ($VAE_LAB_CACHE, which

@@ -3,6 +3,8 @@ number of values of each swept override, from the command line and ``hydra.sweep
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
@@ -68,6 +70,16 @@ def test_a_sweep_it_cannot_count_raises(value):
         expected_jobs(sweep_config([f"x={value}"]))
 
 
+@pytest.fixture
+def sweep_ended() -> Iterator[None]:
+    """``on_multirun_start`` sets the process's sweep state and ``HYDRA_FULL_ERROR``, which the
+    sweeps later tests start would inherit (a traceback where the launcher's failure is one
+    line): end it as ``vae_lab.run.main`` does."""
+    yield
+    sweep.end_sweep()
+
+
+@pytest.mark.usefixtures("sweep_ended")
 def test_the_callback_counts_what_ran_when_it_cannot_count_the_sweep():
     sweep._expected_jobs[:] = [4]
     SweepSummary().on_multirun_start(sweep_config(["posterior=glob(*)"]))
