@@ -22,8 +22,8 @@ install:  ## install torch (CPU or CUDA), vae_lab and its dev tools
 test:  ## the fast test suite (a few minutes), one worker per core (tests/conftest.py)
 	$(PYTHON) -m pytest -q -n auto
 
-test-full:  ## every test, the slow ones too
-	$(PYTHON) -m pytest -q -m ""
+test-full:  ## every test, the slow ones too (about 13 minutes on 2 cores)
+	$(PYTHON) -m pytest -q -n auto -m ""
 
 lint:  ## ruff
 	$(PYTHON) -m ruff check vae_lab tests benchmarks
