@@ -129,7 +129,8 @@ def test_a_resume_removes_what_a_killed_write_left(finished, tmp_path, monkeypat
     run_dir = tmp_path / "run"
     shutil.copytree(finished / "0", run_dir)
     orphans = [run_dir / "checkpoints" / ".last.ckpt.k1lled00.tmp",
-               run_dir / ".metrics.json.k1lled00.tmp"]  # fmt: skip
+               run_dir / ".metrics.json.k1lled00.tmp",
+               run_dir / ".hydra" / ".overrides.yaml.k1lled00.tmp"]  # fmt: skip
     for orphan in orphans:
         orphan.write_bytes(b"half a file")
     mine = run_dir / "notes.tmp"

@@ -87,10 +87,11 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: boo
 
 
 def remove_orphans(run_dir: Path) -> list[Path]:
-    """Remove the temporary files that killed writes left in the run folder and its
-    ``checkpoints/`` (``.NAME.<random>.tmp`` beside NAME, ``write_atomically``'s); returns
-    them. Only with the run's locks held, when no writer of the folder is alive."""
-    orphans = [p for folder in (run_dir, run_dir / "checkpoints") for p in folder.glob(".*.tmp")]
+    """Remove the temporary files that killed writes left in the run folder, its
+    ``checkpoints/`` and ``.hydra/`` (``.NAME.<random>.tmp`` beside NAME, ``write_atomically``'s);
+    returns them. Only with the run's locks held, when no writer of the folder is alive."""
+    folders = (run_dir, run_dir / "checkpoints", run_dir / HYDRA_DIR)
+    orphans = [p for folder in folders for p in folder.glob(".*.tmp")]
     for orphan in orphans:
         orphan.unlink(missing_ok=True)
     return orphans
