@@ -37,4 +37,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        write_atomically(Path(path), lambda file: file.write(buffer.getbuffer()), binary=True)
+        write_atomically(Path(path), buffer.getvalue())

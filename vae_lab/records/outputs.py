@@ -17,10 +17,10 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -43,6 +43,8 @@ EVAL_SPLIT = "eval/split"
 EVAL_LOCK = ".evaluate.lock"
 #: held by the process that trains in the run folder (``run_lock``)
 RUN_LOCK = ".run.lock"
+#: the suffix of a file being written (``write_atomically``), renamed over its target when whole
+TEMPORARY = ".tmp"
 
 
 def _plain(value: Any) -> Any:
@@ -63,18 +65,19 @@ class WriteError(OSError):
     """A record that could not be written; the file is as it was."""
 
 
-def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
-    """Fill a temporary file beside ``path`` by ``write(file)`` (opened ``"wb"`` where
-    ``binary``, else ``"w"``), give it the permissions of a newly created file and rename it
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text, or bytes) to a temporary file beside ``path``
+    (``.NAME.<random>.tmp``), give it the permissions of a newly created file and rename it
     over ``path``. An exception that stops it leaves ``path`` as it was and removes the
     temporary file (an ``OSError`` becomes a one-line ``WriteError``); a kill can leave the
     temporary file, never a torn ``path``."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        beside = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": ".tmp"}
-        with tempfile.NamedTemporaryFile("wb" if binary else "w", delete=False, **beside) as tmp:
-            write(tmp)
+        beside = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": TEMPORARY}
+        mode = "wb" if isinstance(data, bytes) else "w"
+        with tempfile.NamedTemporaryFile(mode, delete=False, **beside) as tmp:
+            tmp.write(data)
         os.chmod(tmp.name, 0o666 & ~_umask())
         os.replace(tmp.name, path)
     except BaseException as err:
@@ -88,10 +91,10 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: boo
 
 def remove_orphans(run_dir: Path) -> list[Path]:
     """Remove the temporary files that killed writes left in the run folder, its
-    ``checkpoints/`` and ``.hydra/`` (``.NAME.<random>.tmp`` beside NAME, ``write_atomically``'s);
-    returns them. Only with the run's locks held, when no writer of the folder is alive."""
+    ``checkpoints/`` and ``.hydra/`` (``write_atomically``'s); returns them. Only with the run's
+    locks held, when no writer of the folder is alive."""
     folders = (run_dir, run_dir / "checkpoints", run_dir / HYDRA_DIR)
-    orphans = [p for folder in folders for p in folder.glob(".*.tmp")]
+    orphans = [p for folder in folders for p in folder.glob(f".*{TEMPORARY}")]
     for orphan in orphans:
         orphan.unlink(missing_ok=True)
     return orphans
@@ -99,7 +102,7 @@ def remove_orphans(run_dir: Path) -> list[Path]:
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (``write_atomically``)."""
-    write_atomically(path, lambda file: file.write(text))
+    write_atomically(path, text)
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
